@@ -1,0 +1,63 @@
+"""cnnlab: convolutional neural networks on small image datasets.
+
+>>> import cnnlab
+>>> model = cnnlab.create_model(cnnlab.ModelConfig("cnn"))
+>>> cnnlab.count_parameters(model)
+50378
+"""
+
+__version__ = "0.1.0"
+
+from cnnlab.checkpoint import load_run  # noqa: E402
+from cnnlab.data import (  # noqa: E402
+    DeviceLoader,
+    get_dataset,
+    list_datasets,
+    load_dataset,
+    make_splits,
+    resolve_data_root,
+)
+from cnnlab.errors import (  # noqa: E402
+    CheckpointError,
+    CnnlabError,
+    ConfigError,
+    DataError,
+    TrainingError,
+)
+from cnnlab.evaluate import confusion_matrix, evaluate  # noqa: E402
+from cnnlab.models import (  # noqa: E402
+    ModelConfig,
+    count_parameters,
+    create_model,
+    list_models,
+    register_model,
+)
+from cnnlab.runtime import resolve_runtime, seed_everything  # noqa: E402
+from cnnlab.train import TrainConfig, fit, train_one_epoch  # noqa: E402
+
+__all__ = [
+    "CheckpointError",
+    "CnnlabError",
+    "ConfigError",
+    "DataError",
+    "DeviceLoader",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainingError",
+    "confusion_matrix",
+    "count_parameters",
+    "create_model",
+    "evaluate",
+    "fit",
+    "get_dataset",
+    "list_datasets",
+    "list_models",
+    "load_dataset",
+    "load_run",
+    "make_splits",
+    "register_model",
+    "resolve_data_root",
+    "resolve_runtime",
+    "seed_everything",
+    "train_one_epoch",
+]

@@ -1,0 +1,299 @@
+"""Run folders, atomic writes, safetensors weights with JSON metadata. Nothing is ever unpickled.
+
+A run folder holds:
+
+    config.json             how to rebuild the model and rerun the training (+ versions, device)
+    metrics.jsonl           one JSON line per completed epoch
+    model.safetensors       the weights after the last completed epoch
+    checkpoint.safetensors  weights + optimizer state + RNG state + step-loss history, and in its
+                            metadata the epoch and the metrics so far: what `--resume` needs
+    loss.png, filters.png   figures (derived files: other commands may add more)
+
+Every file is written to a temporary name in the same folder and moved into place with
+`os.replace`, so a crash or kill leaves the previous good version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.models import ModelConfig, create_model
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+TRAINING_FILES = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    "loss.png",
+    "filters.png",
+)
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # created with the usual permissions (umask)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    """Rewrite metrics.jsonl from the list (atomic; each epoch appears exactly once)."""
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON lines ({err})") from None
+
+
+def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Create (or, with `overwrite`, reuse) a run folder and check that it can be written.
+
+    An existing non-empty folder is refused unless `overwrite`; then only cnnlab's own training
+    files are replaced, never the user's other files.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"run folder {path} already exists and is not empty; pass --overwrite to replace its "
+            f"training files, or --resume {path} to continue it"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to output folder {path}: {err.strerror or err}") from None
+    if overwrite:
+        for name in TRAINING_FILES:
+            (path / name).unlink(missing_ok=True)
+    return path
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"cnnlab": json.dumps(metadata)} if metadata is not None else None
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=meta))
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read tensors and cnnlab's JSON metadata; refuse anything that is not safetensors."""
+    path = Path(path)
+    refuse_pickle(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        tensors = load_safetensors_bytes(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        meta = header.get("__metadata__", {}).get("cnnlab")
+        return tensors, (json.loads(meta) if meta else None)
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def refuse_pickle(path: Path) -> None:
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: refusing to load a pickled PyTorch file; loading one can run arbitrary "
+            f"code. cnnlab reads only .safetensors weights with a config.json"
+        )
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: dict  # the whole config.json
+    model_config: ModelConfig
+    model: torch.nn.Module
+
+
+def find_run(path: Path) -> tuple[Path, Path]:
+    """A run folder or a `.safetensors` file inside one -> (run folder, weights file)."""
+    path = Path(path)
+    if path.is_file() or path.suffix:
+        refuse_pickle(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: not found")
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: expected a run folder or a .safetensors file")
+        return path.parent, path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run folder")
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            refuse_pickle(path / pickles[0])
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (not a cnnlab run folder?)")
+    return path, weights
+
+
+def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from a run folder (or a weights file inside one)."""
+    run_dir, weights_path = find_run(path)
+    config = read_json(run_dir / CONFIG_FILE)
+    try:
+        model_config = ModelConfig.from_json(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: no valid 'model' entry ({err})") from None
+    try:
+        model = create_model(model_config)
+    except ConfigError as err:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: {err}") from None
+    tensors, _ = load_safetensors(weights_path)
+    if weights_path.name == CHECKPOINT_FILE:
+        tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_weights(model, tensors, weights_path)
+    model.to(device).eval()
+    return LoadedRun(run_dir, config, model_config, model)
+
+
+def load_weights(model: torch.nn.Module, tensors: dict, source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the model (missing: {', '.join(missing) or 'none'}; "
+            f"unexpected: {', '.join(unexpected) or 'none'})"
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the model needs "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(tensors)
+
+
+def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
+    save_safetensors(run_dir / WEIGHTS_FILE, model.state_dict())
+
+
+@dataclass
+class TrainingState:
+    """What `--resume` restores: the epoch reached and everything needed to continue exactly."""
+
+    epochs_done: int
+    global_step: int
+    metrics: list[dict]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict
+    rng_state: torch.Tensor
+    step_losses: torch.Tensor
+
+
+def save_training_state(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs_done: int,
+    global_step: int,
+    metrics: list[dict],
+    step_losses: torch.Tensor,
+) -> None:
+    """Write checkpoint.safetensors in one atomic step (tensors + JSON metadata together)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["history.step_loss"] = step_losses.float()
+    meta = {
+        "epochs_done": epochs_done,
+        "global_step": global_step,
+        "metrics": metrics,
+        "optimizer_param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+    }
+    save_safetensors(run_dir / CHECKPOINT_FILE, tensors, meta)
+
+
+def load_training_state(run_dir: Path) -> TrainingState:
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"{run_dir}: no {CHECKPOINT_FILE}, so there is nothing to resume "
+            f"(no epoch was completed?)"
+        )
+    tensors, meta = load_safetensors(path)
+    try:
+        optim_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        for index, scalars in meta["optimizer_scalars"].items():
+            optim_state.setdefault(int(index), {}).update(scalars)
+        return TrainingState(
+            epochs_done=int(meta["epochs_done"]),
+            global_step=int(meta["global_step"]),
+            metrics=list(meta["metrics"]),
+            model_state={k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+            optimizer_state={"state": optim_state, "param_groups": meta["optimizer_param_groups"]},
+            rng_state=tensors["rng.torch"],
+            step_losses=tensors["history.step_loss"],
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: incomplete training checkpoint ({err})") from None

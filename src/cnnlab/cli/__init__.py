@@ -1,0 +1,46 @@
+"""The `cnnlab` command: argparse subcommands that parse, call the library and print.
+
+    cnnlab train --data-dir ../shared/data
+    cnnlab eval runs/<run>
+    cnnlab --help
+
+Every subcommand lives in one module of this package that exposes `register(subparsers)`.
+Errors a user can cause end here as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cnnlab import __version__
+from cnnlab.cli import catalog, runs, training
+from cnnlab.errors import CnnlabError
+
+COMMAND_MODULES = (training, runs, catalog)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Convolutional neural networks on small image datasets: train, evaluate, "
+        "inspect and learn.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CnnlabError as err:
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,158 @@
+"""`cnnlab train`: train a model into a run folder (or resume one)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnnlab import checkpoint
+from cnnlab.cli.common import add_data_dir, non_negative_int, positive_int
+from cnnlab.data import list_datasets, resolve_data_root
+from cnnlab.errors import ConfigError, TrainingError
+from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
+from cnnlab.models import list_models
+from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
+from cnnlab.train import OPTIMIZERS, SCHEDULES, TrainConfig
+
+D = TrainConfig()  # the defaults the help texts state
+RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (the tutorial's recipe by default)",
+        description="Train a model and write a run folder: config.json, metrics.jsonl, "
+        "model.safetensors, checkpoint.safetensors, loss.png, filters.png.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--model", help=f"one of {', '.join(list_models())} (default: {D.model})")
+    p.add_argument(
+        "--hidden", type=positive_int, help="hidden width of the mlp model (default: 128)"
+    )
+    p.add_argument("--dataset", help=f"one of {', '.join(list_datasets())} (default: {D.dataset})")
+    p.add_argument("--epochs", type=positive_int, help=f"(default: {D.epochs})")
+    p.add_argument("--batch-size", type=positive_int, help=f"(default: {D.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {D.lr:g})")
+    p.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default: {D.optimizer})")
+    p.add_argument("--momentum", type=float, help=f"for sgd (default: {D.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"(default: {D.weight_decay})")
+    p.add_argument("--schedule", help=f"{', '.join(SCHEDULES)} (default: {D.schedule})")
+    p.add_argument("--label-smoothing", type=float, help=f"(default: {D.label_smoothing})")
+    p.add_argument("--seed", type=non_negative_int, help=f"(default: {D.seed})")
+    p.add_argument(
+        "--val-size",
+        type=non_negative_int,
+        help="hold out N training images for validation after each epoch (default: 0)",
+    )
+    p.add_argument(
+        "--train-subset", type=positive_int, help="train on the first N images (default: all)"
+    )
+    p.add_argument(
+        "--test-subset",
+        type=positive_int,
+        help="evaluate on the first N test images (default: all)",
+    )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="subtract the dataset mean and divide by its std after x/255 (default: x/255 only)",
+    )
+    p.add_argument(
+        "--device",
+        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
+    )
+    p.add_argument(
+        "--precision",
+        help=f"{', '.join(PRECISIONS)}; auto: bf16 where the hardware supports it (default: auto)",
+    )
+    p.add_argument("--compile", action="store_true", help="use torch.compile (default: off)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument(
+        "--out", type=Path, help="run folder (default: runs/<date-time>-<model>-<dataset>)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the training files of an existing --out folder",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="RUN/config.json",
+        help="rerun a recorded run's recipe; flags given beside it override it",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue RUN from its last completed epoch; with --epochs N, extend it to N epochs",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (epoch lines and the result still print)",
+    )
+    add_data_dir(p)
+    p.set_defaults(handler=run_train)
+
+
+TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
+    base = {}
+    if "config" in args:
+        base = checkpoint.read_json(args.config).get("train")
+        if not isinstance(base, dict):
+            raise ConfigError(f"{args.config}: no 'train' section (is it a cnnlab config.json?)")
+    if "hidden" in args:
+        given["model_options"] = {**base.get("model_options", {}), "hidden": args.hidden}
+    return TrainConfig.from_json(base, **given)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    quiet = "quiet" in args
+    progress = not quiet and sys.stderr.isatty()
+    data_root = resolve_data_root(getattr(args, "data_dir", None))
+    if "resume" in args:
+        extra = sorted(
+            k for k in vars(args) if k not in RESUMABLE | {"resume", "handler", "command"}
+        )
+        if extra:
+            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+            raise ConfigError(f"{flags} cannot be changed when resuming; only --epochs can")
+        run_dir = args.resume
+        config = resume_config(run_dir, getattr(args, "epochs", None))
+    else:
+        config = config_from_args(args)
+        run_dir = getattr(args, "out", None) or default_run_dir(config)
+    device = getattr(args, "device", config.device)
+    runtime = resolve_runtime(device, config.precision, getattr(args, "threads", None))
+    try:
+        if "resume" in args:
+            result = resume_run(run_dir, runtime, data_root, config.epochs, progress=progress)
+        else:
+            overwrite = "overwrite" in args
+            result = train_run(config, runtime, data_root, run_dir, overwrite, progress=progress)
+    except KeyboardInterrupt:
+        print(
+            f"Interrupted. {saved_epochs(run_dir)} Resume with: cnnlab train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    except TrainingError as err:
+        raise TrainingError(f"{err} {saved_epochs(run_dir)}") from None
+    print(f"Test accuracy: {result.test_accuracy:.3f}")
+    print(f"Evaluate: cnnlab eval {run_dir}")
+    print(f"Train further: cnnlab train --resume {run_dir} --epochs {config.epochs + 5}")
+    return 0
+
+
+def saved_epochs(run_dir: Path) -> str:
+    done = len(checkpoint.read_metrics(run_dir)) if Path(run_dir).is_dir() else 0
+    if done == 0:
+        return "No epoch was completed, so nothing was saved."
+    return f"Epoch {done} is saved in {run_dir}."

@@ -1,0 +1,25 @@
+"""Typed errors for problems a user can cause and fix.
+
+Library code raises these; `cnnlab.cli` turns each into one line on stderr and a non-zero exit,
+never a traceback.
+"""
+
+
+class CnnlabError(Exception):
+    """Base class: the message is complete and meant for the user."""
+
+
+class ConfigError(CnnlabError):
+    """A bad option: unknown name, out-of-range value, unwritable folder."""
+
+
+class DataError(CnnlabError):
+    """Dataset files are missing, truncated or corrupt, or could not be downloaded."""
+
+
+class CheckpointError(CnnlabError):
+    """A run folder or weights file that cannot be loaded safely."""
+
+
+class TrainingError(CnnlabError):
+    """Training stopped: a non-finite loss or an out-of-memory error."""

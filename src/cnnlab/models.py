@@ -1,0 +1,146 @@
+"""Model registry, the tutorial's CNN and the MLP baseline it argues against.
+
+Every model is built from the input shape and the class count, so the linear layers follow the
+data. A model is described by a `ModelConfig` that run folders store as JSON and rebuild from:
+
+    >>> model = create_model(ModelConfig("cnn", input_shape=(1, 28, 28), num_classes=10))
+    >>> count_parameters(model)
+    50378
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from cnnlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: its registered name, input, classes and options."""
+
+    name: str
+    input_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
+    num_classes: int = 10
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelConfig:
+        return cls(
+            name=data["name"],
+            input_shape=tuple(data["input_shape"]),
+            num_classes=int(data["num_classes"]),
+            options=dict(data.get("options") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+
+    @property
+    def options(self) -> dict:
+        """The builder's keyword options and their defaults (beyond input shape and classes)."""
+        params = list(inspect.signature(self.builder).parameters.values())[2:]
+        return {p.name: p.default for p in params}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str):
+    """Decorator: `builder(input_shape, num_classes, **options) -> nn.Module` becomes `name`."""
+
+    def wrap(builder):
+        _REGISTRY[name] = ModelEntry(name, builder, description)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
+
+
+def create_model(config: ModelConfig) -> nn.Module:
+    entry = get_model_entry(config.name)
+    unknown = set(config.options) - set(entry.options)
+    if unknown:
+        valid = ", ".join(entry.options) or "none"
+        raise ConfigError(
+            f"model {config.name!r} has no option {', '.join(sorted(unknown))}; "
+            f"its options: {valid}"
+        )
+    return entry.builder(tuple(config.input_shape), config.num_classes, **config.options)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's Conv2d layers in definition order, e.g. ['conv1', 'conv2']."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+class CNN(nn.Module):
+    """The tutorial's network: (conv-bn-relu-pool) x 2, then one linear layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, size: tuple = (28, 28)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(64 * (size[0] // 4) * (size[1] // 4), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28)
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))  # (B, 32, 14, 14)
+        x = self.pool(torch.relu(self.bn2(self.conv2(x))))  # (B, 64, 7, 7)
+        x = x.flatten(start_dim=1)  # (B, 3136)
+        return self.fc(x)  # (B, 10)
+
+
+class MLP(nn.Module):
+    """The fully-connected baseline: flatten -> Linear(C*H*W, hidden) -> ReLU -> Linear."""
+
+    def __init__(self, in_features: int = 784, num_classes: int = 10, hidden: int = 128):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28)
+        x = x.flatten(start_dim=1)  # (B, 784)
+        return self.fc2(torch.relu(self.fc1(x)))  # (B, 10)
+
+
+@register_model("cnn", "the tutorial's CNN: (conv3x3-bn-relu-maxpool) x2 [32, 64], linear")
+def cnn(input_shape, num_classes):
+    channels, height, width = input_shape
+    return CNN(channels, num_classes, (height, width))
+
+
+@register_model("mlp", "fully-connected baseline: flatten, linear(hidden), relu, linear")
+def mlp(input_shape, num_classes, hidden: int = 128):
+    channels, height, width = input_shape
+    return MLP(channels * height * width, num_classes, hidden)

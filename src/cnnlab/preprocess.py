@@ -1,0 +1,46 @@
+"""The one place where stored images become model input.
+
+Images are kept as uint8 `(N, C, H, W)`; a batch is scaled here, on its device, exactly like the
+tutorial's `transforms.ToTensor()` (x / 255), optionally followed by the dataset's mean/std.
+Training, evaluation and every figure call `to_model_input`, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How uint8 pixels become floats: x / 255, then (x - mean) / std when `mean`/`std` are set."""
+
+    mean: float | None = None
+    std: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mean is not None and self.std is not None
+
+    def to_json(self) -> dict:
+        return {"scale": "x/255", "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> Normalization:
+        data = data or {}
+        return cls(mean=data.get("mean"), std=data.get("std"))
+
+
+def to_model_input(
+    images: torch.Tensor,
+    norm: Normalization = Normalization(),
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 `(B, C, H, W)` -> float32 `(B, C, H, W)` in the model's input scale."""
+    x = images.to(torch.float32).div_(255.0)
+    if norm.enabled:
+        x = x.sub_(norm.mean).div_(norm.std)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -1,0 +1,104 @@
+"""Where and how training runs: device, precision, memory format, threads, seeding.
+
+The CLI resolves these once (`resolve_runtime`) and passes the result down; library code reads no
+global settings.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnnlab.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str  # "fp32" or "bf16", never "auto"
+    channels_last: bool
+    threads: int
+
+    def to_json(self) -> dict:
+        return {
+            "device": str(self.device),
+            "device_name": device_name(self.device),
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "threads": self.threads,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding function: Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: Apple's MPS backend is not available here")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 compute: CUDA with bf16 support, or a CPU with AVX-512 bf16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto` picks bf16 where it runs natively (BENCHMARKS.md: no loss of accuracy), else fp32."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision {requested!r}; choose from {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if requested == "bf16" and not bf16_supported(device):
+        raise ConfigError(f"--precision bf16: {device.type} here has no native bf16 support")
+    return requested
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):
+    dev = resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return Runtime(
+        device=dev,
+        precision=resolve_precision(precision, dev),
+        channels_last=dev.type in ("cpu", "cuda"),
+        threads=torch.get_num_threads(),
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"{os.cpu_count()}-core CPU"
+    return device.type

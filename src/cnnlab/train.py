@@ -1,0 +1,297 @@
+"""Training: `TrainConfig`, the training step, `train_one_epoch`, schedules and `fit`.
+
+    >>> result = fit(TrainConfig(epochs=1), splits, resolve_runtime(), run_dir=Path("runs/demo"))
+    >>> result.test_accuracy
+
+`fit` returns its metrics so tests and other commands (compare, bench) call it directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab import checkpoint
+from cnnlab.data import DataSplits, DeviceLoader, get_dataset
+from cnnlab.errors import ConfigError, TrainingError
+from cnnlab.evaluate import autocast, evaluate
+from cnnlab.models import ModelConfig, create_model, get_model_entry
+from cnnlab.runtime import PRECISIONS, Runtime, seed_everything
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe; defaults are the tutorial's: cnn, MNIST, Adam 1e-3, batch 64, 5 epochs."""
+
+    model: str = "cnn"
+    model_options: dict = field(default_factory=dict)
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    val_size: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    normalize: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self):
+        get_model_entry(self.model)
+        get_dataset(self.dataset)
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
+            (self.train_subset is None or self.train_subset >= 1, "--train-subset must be >= 1"),
+            (self.test_subset is None or self.test_subset >= 1, "--test-subset must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name, value, choices in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, **overrides) -> TrainConfig:
+        """Rebuild from config.json's "train" section; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training settings in config: {', '.join(sorted(unknown))}")
+        return cls(**{**data, **overrides})
+
+    def model_config(self) -> ModelConfig:
+        spec = get_dataset(self.dataset)
+        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.model_options))
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
+    """Learning rate for `step` (0-based) of `total_steps`: a pure function, so resume is exact.
+
+    onecycle: linear warm-up from base/25 to base over the first 25% of steps, then cosine to ~0.
+    """
+    if schedule == "constant":
+        return base_lr
+    t = min(step / max(total_steps - 1, 1), 1.0)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1 + math.cos(math.pi * t))
+    warmup = 0.25
+    if t < warmup:
+        return base_lr * (0.04 + 0.96 * t / warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (1 - warmup))) + base_lr * 1e-4
+
+
+def train_step(model, optimizer, x, y, precision: str, label_smoothing: float = 0.0):
+    """One optimisation step; returns the detached loss and the number of correct predictions."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(x.device, precision):
+        logits = model(x)  # (B, classes)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.argmax(dim=1) == y).sum()
+
+
+@dataclass
+class EpochResult:
+    loss: float  # mean of the batch losses, as the tutorial prints it
+    accuracy: float  # on the training batches, in train mode
+    step_losses: torch.Tensor  # (steps,)
+
+
+def train_one_epoch(
+    model,
+    optimizer,
+    loader: DeviceLoader,
+    epoch: int,
+    config: TrainConfig,
+    runtime: Runtime,
+    first_step: int = 0,
+    total_steps: int | None = None,
+    progress: bool = False,
+) -> EpochResult:
+    """Train for one epoch (0-based `epoch`); raises `TrainingError` on a non-finite loss."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    steps = len(loader)
+    total_steps = total_steps or steps * config.epochs
+    losses = torch.zeros(steps, device=runtime.device)
+    correct = torch.zeros((), dtype=torch.long, device=runtime.device)
+    bar = tqdm(
+        total=steps,
+        disable=not progress,
+        leave=False,
+        unit="batch",
+        desc=f"Epoch {epoch + 1}",
+        dynamic_ncols=True,
+    )
+    checked = 0
+    for i, (x, y) in enumerate(loader.epoch(epoch)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(first_step + i, total_steps, config.lr, config.schedule)
+        losses[i], batch_correct = train_step(
+            model, optimizer, x, y, runtime.precision, config.label_smoothing
+        )
+        correct += batch_correct
+        if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == steps:
+            check_finite(losses[checked : i + 1], epoch, checked)
+            checked = i + 1
+            if progress:
+                bar.set_postfix(loss=f"{losses[i].item():.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return EpochResult(
+        loss=float(losses.mean()),
+        accuracy=int(correct) / len(loader.split),
+        step_losses=losses.cpu(),
+    )
+
+
+def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = offset + int(bad[0, 0]) + 1
+        raise TrainingError(
+            f"loss became {float(losses[bad[0, 0]])} at epoch {epoch + 1}, step {step}; "
+            f"training stopped (try a lower --lr). The last completed epoch is kept."
+        )
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    metrics: list[dict]
+    test_accuracy: float
+    test_loss: float
+    step_losses: torch.Tensor
+
+
+def fit(
+    config: TrainConfig,
+    splits: DataSplits,
+    runtime: Runtime,
+    run_dir: Path | None = None,
+    resume: checkpoint.TrainingState | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> FitResult:
+    """Train `config` on `splits`; with `run_dir`, write the run files after every epoch."""
+    spec = get_dataset(config.dataset)
+    norm = spec.normalization(config.normalize)
+    seed_everything(config.seed)
+    model = create_model(config.model_config()).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model.parameters())
+    metrics: list[dict] = []
+    history = [torch.zeros(0)]
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        optimizer.load_state_dict(resume.optimizer_state)
+        torch.set_rng_state(resume.rng_state)
+        metrics = list(resume.metrics)
+        history = [resume.step_losses]
+        start_epoch = resume.epochs_done
+    train = splits.train.to(runtime.device)
+    loader = DeviceLoader(train, config.batch_size, True, config.seed, norm, runtime.channels_last)
+    total_steps = len(loader) * config.epochs
+    step_model = torch.compile(model) if config.compile else model
+    eval_args = (norm, 1000, runtime.precision, runtime.channels_last)
+    test_report = None
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        try:
+            result = train_one_epoch(
+                step_model,
+                optimizer,
+                loader,
+                epoch,
+                config,
+                runtime,
+                first_step=epoch * len(loader),
+                total_steps=total_steps,
+                progress=progress,
+            )
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(
+                f"out of memory on {runtime.device} at batch size {config.batch_size}; "
+                f"try a smaller --batch-size, such as {max(config.batch_size // 2, 1)}"
+            ) from None
+        seconds = time.perf_counter() - started
+        history.append(result.step_losses)
+        record = {
+            "epoch": epoch + 1,
+            "loss": result.loss,
+            "train_accuracy": result.accuracy,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": len(train) / seconds,
+        }
+        if splits.val is not None:
+            val = evaluate(model, splits.val.to(runtime.device), *eval_args)
+            record |= {"val_accuracy": val.accuracy, "val_loss": val.loss}
+        if epoch + 1 == config.epochs:
+            test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
+            record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
+        metrics.append(record)
+        if run_dir is not None:
+            step = (epoch + 1) * len(loader)
+            checkpoint.save_training_state(
+                run_dir, model, optimizer, epoch + 1, step, metrics, torch.cat(history)
+            )
+            checkpoint.save_weights(run_dir, model)
+            checkpoint.write_metrics(run_dir, metrics)
+        log(epoch_line(record))
+    if test_report is None:  # resumed a run that had already finished all its epochs
+        test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
+    return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
+
+
+def epoch_line(record: dict) -> str:
+    """The tutorial's `Epoch 1: loss=0.1245`, then extra fields."""
+    line = f"Epoch {record['epoch']}: loss={record['loss']:.4f}"
+    line += f"  train_acc={record['train_accuracy']:.4f}"
+    if "val_accuracy" in record:
+        line += f"  val_acc={record['val_accuracy']:.4f}"
+    return line + f"  {record['seconds']:.1f}s  {record['images_per_second']:,.0f} img/s"

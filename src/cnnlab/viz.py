@@ -1,0 +1,117 @@
+"""Figures: pure functions that return matplotlib Figures, plus one atomic `save_figure`.
+
+>>> fig = filter_grid(model.conv1.weight, "Learned filters, conv1")
+>>> save_figure(fig, Path("filters.png"))
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no window is ever opened
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cnnlab.checkpoint import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Render to PNG in memory, then write atomically; closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> Figure:
+    """Training loss per step (faint) and per epoch (the tutorial's `losses`), plus validation."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    epochs = [m["epoch"] for m in metrics]
+    if step_losses is not None and len(step_losses) and epochs:
+        steps_per_epoch = len(step_losses) / epochs[-1]
+        x = (torch.arange(len(step_losses)) + 1) / steps_per_epoch
+        ax.plot(x, step_losses, color="tab:blue", alpha=0.25, linewidth=0.6, label="batch loss")
+    ax.plot(
+        epochs,
+        [m["loss"] for m in metrics],
+        "o-",
+        color="tab:blue",
+        label="training loss (epoch mean)",
+    )
+    if any("val_loss" in m for m in metrics):
+        val = [(m["epoch"], m["val_loss"]) for m in metrics if "val_loss" in m]
+        ax.plot(*zip(*val), "s--", color="tab:orange", label="validation loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss (log scale)")
+    ax.set_title("Training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def filter_grid(weight: torch.Tensor, title: str, columns: int = 8) -> Figure:
+    """The tutorial's grid: one grey image per output filter of `weight` (out, 1, k, k).
+
+    For multi-channel filters the channels are averaged; use `kernel_mosaic` to see them all.
+    """
+    w = weight.detach().float().cpu().mean(dim=1)  # (out, k, k)
+    rows = -(-w.shape[0] // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(10, 10 * rows / columns + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < w.shape[0]:
+            ax.imshow(w[i], cmap="gray")
+            ax.set_title(str(i), fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def kernel_mosaic(weight: torch.Tensor, title: str) -> Figure:
+    """Every kernel of a conv layer: row = output filter, column = input channel.
+
+    Each k x k kernel is scaled to its own min..max, so its pattern shows whatever its size.
+    """
+    from torchvision.utils import make_grid
+
+    w = weight.detach().float().cpu()  # (out, in, k, k)
+    out_ch, in_ch = w.shape[:2]
+    tiles = w.reshape(out_ch * in_ch, 1, *w.shape[2:])
+    grid = make_grid(tiles, nrow=in_ch, padding=1, normalize=True, scale_each=True, pad_value=1.0)
+    k = w.shape[2] + 1
+    fig, ax = plt.subplots(figsize=(min(2 + in_ch * 0.35, 16), min(1.5 + out_ch * 0.3, 24)))
+    ax.imshow(grid[0], cmap="gray", interpolation="nearest")
+    ax.set_xticks([k * i + k / 2 for i in range(0, in_ch, 4)], range(0, in_ch, 4))
+    ax.set_yticks([k * i + k / 2 for i in range(0, out_ch, 4)], range(0, out_ch, 4))
+    ax.set_xlabel("input channel")
+    ax.set_ylabel("output filter")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: torch.Tensor, class_names, title: str) -> Figure:
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for t in range(n):
+        for p in range(n):
+            count = int(confusion[t, p])
+            if count:
+                color = "white" if rates[t, p] > 0.5 else "black"
+                ax.text(p, t, str(count), ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
