@@ -1,0 +1,73 @@
+"""Shared fixtures: a synthetic dataset in torchvision's layout, and the real data root.
+
+Tests use the synthetic data by default; tests that need real MNIST take `data_root` and skip,
+saying why, when CNNLAB_DATA is not set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.data import DATASETS
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an IDX file (magic 0x0000080N, big-endian dims, values)."""
+    header = bytes([0, 0, 0x08, array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28x28 images whose class is a bright 6x6 square at one of 10 places, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, col = 2 + 8 * (label // 4), 2 + 6 * (label % 4)
+        images[i, row : row + 6, col : col + 6] = 255
+    return images
+
+
+def write_fake_dataset(root: Path, name: str = "mnist", n_train=600, n_test=200, seed=0) -> Path:
+    """Write a small, learnable dataset in the real files' layout under `root`."""
+    spec = DATASETS[name]
+    folder = root / spec.raw_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for train, n in ((True, n_train), (False, n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images_name, labels_name = spec.files(train)
+        (folder / images_name).write_bytes(idx_bytes(synthetic_images(labels, seed + n)))
+        (folder / labels_name).write_bytes(idx_bytes(labels))
+    return root
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    """A data root holding small synthetic MNIST and Fashion-MNIST."""
+    root = tmp_path / "data"
+    write_fake_dataset(root, "mnist")
+    write_fake_dataset(root, "fashion-mnist", seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data root from CNNLAB_DATA; skip when it is not set."""
+    value = os.environ.get("CNNLAB_DATA")
+    if not value:
+        pytest.skip("real MNIST needed: set CNNLAB_DATA to a folder holding MNIST/raw/")
+    root = Path(value)
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"CNNLAB_DATA={value} holds no MNIST/raw/")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_data_root(monkeypatch, tmp_path):
+    """Commands under test never fall back to the user's real cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
