@@ -111,7 +111,7 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     """
     if schedule == "constant":
         return base_lr
-    t = min(step / max(total_steps - 1, 1), 1.0)
+    t = min(step / max(total_steps, 1), 1.0)
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * t))
     warmup = 0.25

@@ -35,7 +35,7 @@ def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> 
     if step_losses is not None and len(step_losses) and epochs:
         steps_per_epoch = len(step_losses) / epochs[-1]
         x = (torch.arange(len(step_losses)) + 1) / steps_per_epoch
-        ax.plot(x, step_losses, color="tab:blue", alpha=0.25, linewidth=0.6, label="batch loss")
+        ax.plot(x.numpy(), step_losses.numpy(), color="tab:blue", alpha=0.25, linewidth=0.6, label="batch loss")
     ax.plot(
         epochs,
         [m["loss"] for m in metrics],
@@ -66,7 +66,7 @@ def filter_grid(weight: torch.Tensor, title: str, columns: int = 8) -> Figure:
     fig, axes = plt.subplots(rows, columns, figsize=(10, 10 * rows / columns + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < w.shape[0]:
-            ax.imshow(w[i], cmap="gray")
+            ax.imshow(w[i].numpy(), cmap="gray")
             ax.set_title(str(i), fontsize=8)
         ax.axis("off")
     fig.suptitle(title)
@@ -87,7 +87,7 @@ def kernel_mosaic(weight: torch.Tensor, title: str) -> Figure:
     grid = make_grid(tiles, nrow=in_ch, padding=1, normalize=True, scale_each=True, pad_value=1.0)
     k = w.shape[2] + 1
     fig, ax = plt.subplots(figsize=(min(2 + in_ch * 0.35, 16), min(1.5 + out_ch * 0.3, 24)))
-    ax.imshow(grid[0], cmap="gray", interpolation="nearest")
+    ax.imshow(grid[0].numpy(), cmap="gray", interpolation="nearest")
     ax.set_xticks([k * i + k / 2 for i in range(0, in_ch, 4)], range(0, in_ch, 4))
     ax.set_yticks([k * i + k / 2 for i in range(0, out_ch, 4)], range(0, out_ch, 4))
     ax.set_xlabel("input channel")
@@ -101,7 +101,7 @@ def confusion_figure(confusion: torch.Tensor, class_names, title: str) -> Figure
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
     rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for t in range(n):
         for p in range(n):
             count = int(confusion[t, p])

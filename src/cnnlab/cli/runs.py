@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from cnnlab import viz
 from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import add_data_dir, add_figure_out, figure_path, positive_int, print_table
@@ -47,6 +49,10 @@ def register(subparsers) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     runtime = resolve_runtime(args.device, "auto")
     run = load_run(args.run, runtime.device)
+    recorded = run.config.get("runtime", {})
+    channels_last = recorded.get("channels_last", False) and runtime.channels_last
+    if channels_last:  # the layout the run trained with: the same bits as its own evaluation
+        run.model.to(memory_format=torch.channels_last)
     train_cfg = run.config.get("train", {})
     spec = get_dataset(run.config.get("dataset", {}).get("name", train_cfg.get("dataset", "mnist")))
     train, test = load_dataset(spec, resolve_data_root(args.data_dir))
@@ -67,7 +73,6 @@ def run_eval(args: argparse.Namespace) -> int:
         split = splits.val
     else:
         split = splits.test
-    recorded = run.config.get("runtime", {})
     precision = recorded.get("precision", "fp32") if runtime.precision == "bf16" else "fp32"
     norm = Normalization.from_json(run.config.get("normalization"))
     report = evaluate(
@@ -76,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
         norm,
         1000,
         precision,
-        recorded.get("channels_last", False) and runtime.channels_last,
+        channels_last,
     )
     names = list(spec.classes)
     name = "confusion.png" if args.split == "test" else "confusion-val.png"
