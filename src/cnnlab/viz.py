@@ -35,7 +35,14 @@ def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> 
     if step_losses is not None and len(step_losses) and epochs:
         steps_per_epoch = len(step_losses) / epochs[-1]
         x = (torch.arange(len(step_losses)) + 1) / steps_per_epoch
-        ax.plot(x.numpy(), step_losses.numpy(), color="tab:blue", alpha=0.25, linewidth=0.6, label="batch loss")
+        ax.plot(
+            x.numpy(),
+            step_losses.numpy(),
+            color="tab:blue",
+            alpha=0.25,
+            linewidth=0.6,
+            label="batch loss",
+        )
     ax.plot(
         epochs,
         [m["loss"] for m in metrics],
