@@ -71,3 +71,10 @@ def data_root() -> Path:
 def _no_ambient_data_root(monkeypatch, tmp_path):
     """Commands under test never fall back to the user's real cache folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def strip_timing(metrics: list[dict]) -> list[dict]:
+    """Metrics without their wall-clock fields, which no two runs share."""
+    return [
+        {k: v for k, v in m.items() if k not in ("seconds", "images_per_second")} for m in metrics
+    ]

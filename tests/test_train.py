@@ -14,12 +14,7 @@ from cnnlab.evaluate import predict_logits
 from cnnlab.experiment import load_splits, train_run
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import TrainConfig, fit, lr_at
-
-TIMING = {"seconds", "images_per_second"}
-
-
-def without_timing(metrics):
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+from tests.conftest import strip_timing
 
 
 @pytest.fixture
@@ -44,11 +39,11 @@ def test_same_seed_same_numbers(fake_splits):
     config = TrainConfig(epochs=2, seed=7)
     a = fit(config, fake_splits, runtime, log=lambda _: None)
     b = fit(config, fake_splits, runtime, log=lambda _: None)
-    assert without_timing(a.metrics) == without_timing(b.metrics)
+    assert strip_timing(a.metrics) == strip_timing(b.metrics)
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), name
     c = fit(TrainConfig(epochs=2, seed=8), fake_splits, runtime, log=lambda _: None)
-    assert without_timing(c.metrics) != without_timing(a.metrics)
+    assert strip_timing(c.metrics) != strip_timing(a.metrics)
 
 
 def test_training_learns_the_synthetic_task(fake_splits):
