@@ -18,6 +18,7 @@ import torch
 from cnnlab.errors import DataError
 
 UINT8_TYPE_CODE = 0x08
+MAX_DIMS = 3  # labels have 1 dimension (N,), images 3 (N, H, W)
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> torch.Tensor:
@@ -33,6 +34,11 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> torch.Tensor:
         )
     if ndim == 0:
         raise DataError(f"{name}: IDX header declares zero dimensions")
+    if ndim > MAX_DIMS:
+        raise DataError(
+            f"{name}: IDX header declares {ndim} dimensions; image and label files have at most "
+            f"{MAX_DIMS}"
+        )
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
         raise DataError(f"{name}: truncated header ({len(raw)} bytes, {ndim} dimensions declared)")
