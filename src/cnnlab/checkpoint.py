@@ -15,6 +15,7 @@ Every file is written to a temporary name in the same folder and moved into plac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError, OutputError
 from cnnlab.models import ModelConfig, create_model
 
 CONFIG_FILE = "config.json"
@@ -46,7 +47,11 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+
+    A failed write leaves the previous file and no temporary file behind, and raises
+    `OutputError` naming `path`; an interrupt is re-raised unchanged.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -55,8 +60,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # e.g. the folder is missing: nothing to remove
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
         raise
 
 
@@ -166,7 +174,7 @@ class LoadedRun:
 def find_run(path: Path) -> tuple[Path, Path]:
     """A run folder or a `.safetensors` file inside one -> (run folder, weights file)."""
     path = Path(path)
-    if path.is_file() or path.suffix:
+    if path.is_file() or (path.suffix and not path.is_dir()):  # a folder may have a dot in its name
         refuse_pickle(path)
         if not path.exists():
             raise CheckpointError(f"{path}: not found")
@@ -194,14 +202,7 @@ def load_run(
     """
     run_dir, weights_path = find_run(path)
     config = read_json(run_dir / CONFIG_FILE)
-    try:
-        model_config = ModelConfig.from_json(config["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE}: no valid 'model' entry ({err})") from None
-    try:
-        model = create_model(model_config)
-    except ConfigError as err:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE}: {err}") from None
+    model_config, model = model_from_config(config, run_dir / CONFIG_FILE)
     tensors, _ = load_safetensors(weights_path)
     if weights_path.name == CHECKPOINT_FILE:
         tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -210,6 +211,23 @@ def load_run(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir, config, model_config, model)
+
+
+def model_from_config(config: dict, config_path: Path) -> tuple[ModelConfig, torch.nn.Module]:
+    """Build the untrained model that config.json's "model" entry describes."""
+    try:
+        model_config = ModelConfig.from_json(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: no valid 'model' entry ({err})") from None
+    try:
+        return model_config, create_model(model_config)
+    except ConfigError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. an input_shape of two numbers
+        raise CheckpointError(
+            f"{config_path}: cannot build model {model_config.name!r} from its 'model' entry "
+            f"({err})"
+        ) from None
 
 
 def load_weights(model: torch.nn.Module, tensors: dict, source: Path) -> None:
@@ -287,6 +305,8 @@ def load_training_state(run_dir: Path) -> TrainingState:
         )
     tensors, meta = load_safetensors(path)
     try:
+        if not isinstance(meta, dict) or not all(isinstance(m, dict) for m in meta["metrics"]):
+            raise ValueError("no metadata, or metrics that are not records")
         optim_state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -294,7 +314,7 @@ def load_training_state(run_dir: Path) -> TrainingState:
                 optim_state.setdefault(int(index), {})[name] = value
         for index, scalars in meta["optimizer_scalars"].items():
             optim_state.setdefault(int(index), {}).update(scalars)
-        return TrainingState(
+        state = TrainingState(
             epochs_done=int(meta["epochs_done"]),
             global_step=int(meta["global_step"]),
             metrics=list(meta["metrics"]),
@@ -305,3 +325,31 @@ def load_training_state(run_dir: Path) -> TrainingState:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: incomplete training checkpoint ({err})") from None
+    check_training_state(state, Path(run_dir), path)
+    return state
+
+
+def check_training_state(state: TrainingState, run_dir: Path, path: Path) -> None:
+    """Refuse a checkpoint that does not fit the run's model, so a resume cannot crash on it."""
+    _, model = model_from_config(read_json(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
+    load_weights(model, state.model_state, path)
+    shapes = [p.shape for p in model.parameters()]
+    if state.rng_state.dtype != torch.uint8 or state.rng_state.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"{path}: rng.torch is not a CPU random-generator state")
+    if state.step_losses.ndim != 1:
+        raise CheckpointError(f"{path}: history.step_loss is not one loss per step")
+    try:
+        grouped = sorted(i for g in state.optimizer_state["param_groups"] for i in g["params"])
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: invalid optimizer parameter groups ({err})") from None
+    if grouped != list(range(len(shapes))):
+        raise CheckpointError(
+            f"{path}: the optimizer state is for {len(grouped)} parameters, the model has "
+            f"{len(shapes)}"
+        )
+    for index, entries in state.optimizer_state["state"].items():
+        for name, value in entries.items():
+            if not 0 <= index < len(shapes) or (  # a scalar, or shaped like its parameter
+                isinstance(value, torch.Tensor) and value.ndim and value.shape != shapes[index]
+            ):
+                raise CheckpointError(f"{path}: optim.{index}.{name} does not fit the model")

@@ -21,5 +21,9 @@ class CheckpointError(CnnlabError):
     """A run folder or weights file that cannot be loaded safely."""
 
 
+class OutputError(CnnlabError):
+    """A file could not be written: an unwritable folder, a full disk."""
+
+
 class TrainingError(CnnlabError):
     """Training stopped: a non-finite loss or an out-of-memory error."""
