@@ -1,0 +1,311 @@
+"""A model's layer table (like torchinfo or Keras's `summary()`) and parameter-count arithmetic.
+
+`summarize` runs one forward pass of a zero input with a hook on every leaf module and records
+what each layer really received and produced:
+
+    >>> model = create_model(ModelConfig("cnn", input_shape=(1, 28, 28), num_classes=10))
+    >>> report = summarize(model, (1, 28, 28))
+    >>> [row.output_shapes[0] for row in report.rows][:3]
+    [(1, 32, 28, 28), (1, 32, 28, 28), (1, 32, 14, 14)]
+    >>> report.total_parameters
+    50378
+
+`linear_count` and `conv2d_count` are the MLP-vs-conv argument as arithmetic:
+
+    >>> linear_count(784, 128).parameters, conv2d_count(1, 32, 3).parameters
+    (100480, 320)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from cnnlab.errors import ConfigError
+
+Shape = tuple[int, ...]
+
+NORMALIZATIONS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'1x28x28' -> (1, 28, 28): an image's channels, height and width."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(
+            f"an input shape is CxHxW with three positive integers, e.g. 1x28x28; got {text!r}"
+        )
+    channels, height, width = (int(p) for p in parts)
+    return channels, height, width
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """(1, 28, 28) -> '1x28x28'."""
+    return "x".join(str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One call of a leaf module in the forward pass (a module called twice has two rows).
+
+    `parameters` counts the module's parameters on its first call and 0 on later calls, so the
+    column adds up to the model's total. `output_bytes` is 0 for a reshape, which is a view.
+    """
+
+    name: str
+    kind: str
+    input_shape: Shape | None
+    output_shapes: tuple[Shape, ...]
+    parameters: int
+    mult_adds: int
+    output_bytes: int
+    repeated: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """The layer rows and the totals; every number comes from the model and the forward pass."""
+
+    rows: tuple[LayerRow, ...]
+    input_shape: Shape  # (B, C, H, W) as fed to the model
+    trainable: int
+    non_trainable: int
+    buffer_values: int
+    buffer_kinds: tuple[str, ...]  # e.g. ('num_batches_tracked', 'running_mean', 'running_var')
+    parameter_bytes: int
+    buffer_bytes: int
+    input_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_parameters(self) -> int:
+        return self.trainable + self.non_trainable
+
+    @property
+    def listed_parameters(self) -> int:
+        return sum(row.parameters for row in self.rows)
+
+    @property
+    def mult_adds(self) -> int:
+        return sum(row.mult_adds for row in self.rows)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.input_bytes + self.activation_bytes + self.parameter_bytes + self.buffer_bytes
+
+    @property
+    def repeated_layers(self) -> list[str]:
+        return list(dict.fromkeys(row.name for row in self.rows if row.repeated))
+
+
+def mult_adds(module: nn.Module, inputs: Sequence[torch.Tensor], output: torch.Tensor) -> int:
+    """Multiply-adds of one call, for the whole batch it was given (biases are not counted).
+
+    Convolution: each output value takes (in_channels / groups) * kernel_h * kernel_w of them;
+    a transposed convolution spreads each input value over (out_channels / groups) * kernel
+    outputs. Linear: in_features per output value. Normalisation layers: one per output value,
+    the y = a*x + c that evaluation-mode batch norm reduces to. Pooling, activations, dropout and
+    reshapes: 0, since comparisons and element-wise operations are not multiply-adds.
+    """
+    if isinstance(module, _ConvNd):
+        kernel = math.prod(module.kernel_size)
+        if module.transposed:
+            return inputs[0].numel() * (module.out_channels // module.groups) * kernel
+        return output.numel() * (module.in_channels // module.groups) * kernel
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, NORMALIZATIONS):
+        return output.numel()
+    return 0
+
+
+def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -> ModelSummary:
+    """Run `model` once on zeros of shape (batch_size, *input_shape) and tabulate its layers.
+
+    Each leaf module (one without children) gets a row per call, with the shapes it received
+    and produced. Functional steps such as `torch.relu` leave no trace, except that a flatten
+    shows as a row "(flatten)" when a layer receives the previous output reshaped to (B, N).
+    Runs in evaluation mode without gradients and leaves the model as it was: modes restored,
+    batch-norm running statistics untouched. Activation bytes are the outputs of the listed
+    rows for this one forward pass; training keeps about as much again for the gradients.
+
+    Raises ConfigError when the model cannot take the input or produces an empty activation.
+    """
+    reference = next(model.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    floating = reference is not None and reference.is_floating_point()
+    x = torch.zeros(
+        batch_size, *input_shape, device=device, dtype=reference.dtype if floating else None
+    )
+    names = {module: name for name, module in model.named_modules()}
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+
+    rows: list[LayerRow] = []
+    seen: set[nn.Module] = set()
+    last_shape: list[Shape] = [tuple(x.shape)]  # the latest tensor shape the forward pass made
+
+    def hook(module: nn.Module, args: tuple, output) -> None:
+        name = names[module] or type(module).__name__.lower()
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        in_shape = tuple(first.shape) if first is not None else None
+        if in_shape is not None and _is_flatten(last_shape[0], in_shape):
+            rows.append(LayerRow("(flatten)", "flatten", last_shape[0], (in_shape,), 0, 0, 0))
+        outputs = list(_tensors(output))
+        shapes = tuple(tuple(t.shape) for t in outputs)
+        for t in outputs:
+            if t.numel() == 0:
+                raise ConfigError(
+                    f"the input {format_shape(input_shape)} is too small for this model: "
+                    f"{name} gives an empty output {tuple(t.shape)}"
+                )
+        rows.append(
+            LayerRow(
+                name=name,
+                kind=type(module).__name__,
+                input_shape=in_shape,
+                output_shapes=shapes,
+                parameters=0 if module in seen else _own_parameters(module),
+                mult_adds=mult_adds(module, args, outputs[0]) if outputs else 0,
+                output_bytes=sum(t.numel() * t.element_size() for t in outputs),
+                repeated=module in seen,
+            )
+        )
+        seen.add(module)
+        if shapes:
+            last_shape[0] = shapes[-1]
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [leaf.register_forward_hook(hook) for leaf in leaves]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as err:
+        message = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"the model cannot take a {format_shape(input_shape)} input: {message}"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+
+    params = list(model.parameters())
+    buffers = list(model.named_buffers())
+    return ModelSummary(
+        rows=tuple(rows),
+        input_shape=tuple(x.shape),
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        non_trainable=sum(p.numel() for p in params if not p.requires_grad),
+        buffer_values=sum(b.numel() for _, b in buffers),
+        buffer_kinds=tuple(sorted({name.rsplit(".", 1)[-1] for name, _ in buffers})),
+        parameter_bytes=sum(p.numel() * p.element_size() for p in params),
+        buffer_bytes=sum(b.numel() * b.element_size() for _, b in buffers),
+        input_bytes=x.numel() * x.element_size(),
+        activation_bytes=sum(row.output_bytes for row in rows),
+    )
+
+
+def _own_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def _is_flatten(previous: Shape, received: Shape) -> bool:
+    """Did the layer receive the previous output flattened to (B, N)?"""
+    return (
+        len(received) == 2
+        and len(previous) > 2
+        and previous[0] == received[0]
+        and math.prod(previous) == math.prod(received)
+    )
+
+
+def _tensors(value) -> Iterator[torch.Tensor]:
+    """The tensors in a module's output, which may be a tensor, a tuple or a dict of them."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """A layer's parameters as arithmetic: weights = product of `weight_factors`, plus biases."""
+
+    layer: str  # how PyTorch spells it, e.g. 'nn.Linear(784, 128)'
+    weight_factors: tuple[int, ...]
+    biases: int
+
+    @property
+    def weights(self) -> int:
+        return math.prod(self.weight_factors)
+
+    @property
+    def parameters(self) -> int:
+        return self.weights + self.biases
+
+    def weights_formula(self) -> str:
+        """'784 x 128 = 100,352'."""
+        factors = " x ".join(f"{f:,}" for f in self.weight_factors)
+        return f"{factors} = {self.weights:,}"
+
+
+def linear_count(in_features: int, out_features: int, bias: bool = True) -> LayerCount:
+    """nn.Linear: one weight per (input, output) pair, one bias per output."""
+    return LayerCount(
+        f"nn.Linear({in_features}, {out_features})",
+        (in_features, out_features),
+        out_features if bias else 0,
+    )
+
+
+def conv2d_count(
+    in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], bias: bool = True
+) -> LayerCount:
+    """nn.Conv2d: each of the out_channels filters has in_channels x kH x kW weights and a
+    bias, whatever the size of the image it slides over."""
+    k_h, k_w = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    kernel = k_h if k_h == k_w else (k_h, k_w)
+    return LayerCount(
+        f"nn.Conv2d({in_channels}, {out_channels}, kernel_size={kernel})",
+        (out_channels, in_channels, k_h, k_w),
+        out_channels if bias else 0,
+    )
+
+
+@dataclass(frozen=True)
+class ResolutionRow:
+    """The same first layer, fully connected and convolutional, on one image size."""
+
+    image: tuple[int, int, int]  # (C, H, W)
+    linear: LayerCount
+    conv: LayerCount
+
+
+def resolution_table(
+    sizes: Sequence[int], channels: int = 3, hidden: int = 128, filters: int = 32, kernel: int = 3
+) -> list[ResolutionRow]:
+    """A linear layer to `hidden` units and a conv layer of `filters` filters, per image side.
+
+    The linear layer's weights grow with the pixel count (the side squared); the conv layer's
+    count depends only on the channels and the kernel.
+    """
+    return [
+        ResolutionRow(
+            (channels, size, size),
+            linear_count(channels * size * size, hidden),
+            conv2d_count(channels, filters, kernel),
+        )
+        for size in sizes
+    ]
