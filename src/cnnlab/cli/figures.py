@@ -1,0 +1,252 @@
+"""`cnnlab featuremaps`, `cnnlab samples` and `cnnlab mistakes`: look inside a model and its data.
+
+    cnnlab featuremaps runs/<run> --index 7
+    cnnlab samples --dataset fashion-mnist
+    cnnlab mistakes runs/<run>
+
+Each prints the path of the PNG it wrote (--out FILE, else a descriptive name in the run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from cnnlab.checkpoint import LoadedRun, load_run
+from cnnlab.cli.common import (
+    add_data_dir,
+    add_figure_out,
+    figure_path,
+    non_negative_int,
+    positive_int,
+    print_table,
+)
+from cnnlab.data import (
+    DatasetSpec,
+    Split,
+    get_dataset,
+    list_datasets,
+    load_dataset,
+    resolve_data_root,
+)
+from cnnlab.errors import ConfigError
+from cnnlab.evaluate import evaluate
+from cnnlab.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
+from cnnlab.preprocess import Normalization, to_model_input
+from cnnlab.runtime import DEVICES, resolve_runtime
+from cnnlab.viz import save_figure
+from cnnlab.viz_tutorial import feature_maps_figure, mistakes_figure, sample_grid
+
+SPLITS = ("train", "test")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "featuremaps",
+        help="draw the feature maps a trained CNN computes for one image",
+        description="Draw one image and the feature maps after each conv block (for the "
+        "tutorial CNN: 32 maps at 14x14, then 64 at 7x7), found by hooks on the model's layers.",
+    )
+    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    p.add_argument(
+        "--index", type=non_negative_int, default=0, help="which image of the split (default: 0)"
+    )
+    add_split(p, default="test")
+    p.add_argument(
+        "--all-stages",
+        action="store_true",
+        help="draw every conv, ReLU and pooling output, not only each block's last "
+        "(default: block outputs only)",
+    )
+    add_data_dir(p)
+    add_figure_out(p, "featuremaps-<split>-<index>.png")
+    p.set_defaults(handler=run_featuremaps)
+
+    p = subparsers.add_parser("samples", help="draw a grid of dataset images with their labels")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        help=f"one of {', '.join(list_datasets())} (default: mnist)",
+    )
+    add_split(p, default="train")
+    p.add_argument(
+        "--count", type=positive_int, default=32, help="how many images to draw (default: 32)"
+    )
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="draw a random selection with this seed (default: the first COUNT images)",
+    )
+    add_data_dir(p)
+    add_figure_out(p, "samples-<dataset>-<split>.png")
+    p.set_defaults(handler=run_samples)
+
+    p = subparsers.add_parser(
+        "mistakes",
+        help="draw the test images a trained model gets wrong",
+        description="Draw misclassified test images, each with its true label, the predicted "
+        "label and the model's confidence (softmax probability) in it.",
+    )
+    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    p.add_argument(
+        "--count", type=positive_int, default=32, help="at most this many images (default: 32)"
+    )
+    p.add_argument(
+        "--order",
+        choices=("confidence", "index"),
+        default="confidence",
+        help="most confident mistakes first, or in test-set order (default: confidence)",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=positive_int,
+        help="look at the first N test images (default: what the run was evaluated on)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
+    )
+    add_data_dir(p)
+    add_figure_out(p, "mistakes.png")
+    p.set_defaults(handler=run_mistakes)
+
+
+def add_split(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--split", choices=SPLITS, default=default, help=f"which split (default: {default})"
+    )
+
+
+def run_dataset(run: LoadedRun) -> DatasetSpec:
+    """The dataset a run was trained on, from its config.json."""
+    name = run.config.get("dataset", {}).get("name") or run.config.get("train", {}).get("dataset")
+    return get_dataset(name or "mnist")
+
+
+def load_split(spec: DatasetSpec, data_dir: Path | None, split: str) -> Split:
+    train, test = load_dataset(spec, resolve_data_root(data_dir))
+    return train if split == "train" else test
+
+
+def write_figure(fig, out: Path | None, run_dir: Path | None, default_name: str) -> Path:
+    """Save to --out FILE.png, or `default_name` inside --out when it is a folder (existing, or
+    a name without a suffix), or `default_name` in the run folder / the current folder."""
+    path = figure_path(out, run_dir, default_name)
+    if path.is_dir() or not path.suffix:
+        path = path / default_name
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: figures are written as PNG; give a name ending in .png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_figure(fig, path)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def run_featuremaps(args: argparse.Namespace) -> int:
+    run = load_run(args.run)
+    require_conv_layers(run.model, run.model_config.name)
+    spec = run_dataset(run)
+    split = load_split(spec, args.data_dir, args.split)
+    if args.index >= len(split):
+        raise ConfigError(
+            f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
+            f"{len(split):,} images (0..{len(split) - 1})"
+        )
+    norm = Normalization.from_json(run.config.get("normalization"))
+    x = to_model_input(split.images[args.index : args.index + 1], norm)  # (1, C, H, W)
+    maps = capture_feature_maps(run.model, x)
+    stages = maps.stages if args.all_stages else block_outputs(maps)
+    probs = maps.logits.softmax(dim=1)[0]
+    predicted = int(probs.argmax())
+    label = spec.classes[int(split.labels[args.index])]
+    verdict = f"label {label}, predicted {spec.classes[predicted]} ({float(probs[predicted]):.1%})"
+    title = f"Feature maps of {run.model_config.name}: {spec.name} {args.split} image {args.index}"
+    fig = feature_maps_figure(maps, stages, f"{title}\n{verdict}", input_label="input image")
+    name = f"featuremaps-{args.split}-{args.index}{'-all' if args.all_stages else ''}.png"
+    path = write_figure(fig, args.out, run.run_dir, name)
+    print(f"{spec.name} {args.split} image {args.index}: {verdict}")
+    print_table(
+        [["input", "input", "x".join(map(str, x.shape[1:]))]]
+        + [[s.name, s.kind, "x".join(map(str, s.tensor.shape[1:]))] for s in stages],
+        ["stage", "kind", "shape (CxHxW)"],
+    )
+    print(f"Wrote {path}")
+    return 0
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    spec = get_dataset(args.dataset)
+    split = load_split(spec, args.data_dir, args.split)
+    count = min(args.count, len(split))
+    if args.seed is None:
+        index = torch.arange(count)
+        which = f"first {count}"
+    else:
+        generator = torch.Generator().manual_seed(args.seed)
+        index = torch.randperm(len(split), generator=generator)[:count].sort().values
+        which = f"{count} random (seed {args.seed})"
+    labels = [f"{spec.classes[int(y)]}" for y in split.labels[index]]
+    title = f"{spec.name} {args.split} images: {which} of {len(split):,}, titled with their label"
+    fig = sample_grid(split.images[index], labels, title)
+    path = write_figure(fig, args.out, None, f"samples-{spec.name}-{args.split}.png")
+    print(f"Drew {count} {spec.name} {args.split} images ({which} of {len(split):,})")
+    print(f"Wrote {path}")
+    return 0
+
+
+def run_mistakes(args: argparse.Namespace) -> int:
+    runtime = resolve_runtime(args.device, "auto")
+    run = load_run(args.run, runtime.device)
+    # Predict as `cnnlab eval` does: the run's memory layout and precision, so the same images
+    # count as wrong.
+    recorded = run.config.get("runtime", {})
+    channels_last = bool(recorded.get("channels_last", False) and runtime.channels_last)
+    if channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    precision = recorded.get("precision", "fp32") if runtime.precision == "bf16" else "fp32"
+    spec = run_dataset(run)
+    test = load_split(spec, args.data_dir, "test")
+    test_subset = args.test_subset or run.config.get("train", {}).get("test_subset")
+    if test_subset:
+        test = test.subset(slice(0, test_subset))
+    norm = Normalization.from_json(run.config.get("normalization"))
+    report = evaluate(run.model, test.to(runtime.device), norm, 1000, precision, channels_last)
+    labels = test.labels.cpu()
+    wrong = (report.predictions != labels).nonzero().flatten()
+    if args.order == "confidence":
+        wrong = wrong[report.confidences[wrong].argsort(descending=True, stable=True)]
+    shown = wrong[: args.count]
+    names = spec.classes
+    true_names = [names[int(labels[i])] for i in shown]
+    pred_names = [names[int(report.predictions[i])] for i in shown]
+    confidences = [float(report.confidences[i]) for i in shown]
+    order = "most confident first" if args.order == "confidence" else "in test-set order"
+    title = (
+        f"Mistakes of {run.model_config.name} on {spec.name} test: {len(wrong):,} of "
+        f"{len(test):,} wrong ({len(wrong) / max(len(test), 1):.2%})"
+    )
+    if len(shown):
+        title += f"; {len(shown)} shown, {order}"
+    fig = mistakes_figure(
+        test.images[shown], shown.tolist(), true_names, pred_names, confidences, title
+    )
+    path = write_figure(fig, args.out, run.run_dir, "mistakes.png")
+    print(
+        f"{len(wrong):,} of {len(test):,} test images are misclassified "
+        f"(accuracy {report.accuracy:.2%})"
+    )
+    if len(shown):
+        print(f"Showing {len(shown)}, {order}:")
+        print_table(
+            [
+                [int(i), t, p, f"{c:.1%}"]
+                for i, t, p, c in zip(shown, true_names, pred_names, confidences)
+            ],
+            ["index", "true", "predicted", "confidence"],
+        )
+    print(f"Wrote {path}")
+    return 0
