@@ -14,10 +14,10 @@ import argparse
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import catalog, figures, runs, teach, training
+from cnnlab.cli import catalog, compare, figures, runs, teach, training
 from cnnlab.errors import CnnlabError
 
-COMMAND_MODULES = (training, runs, figures, catalog, teach)
+COMMAND_MODULES = (training, runs, figures, compare, catalog, teach)
 
 
 def build_parser() -> argparse.ArgumentParser:
