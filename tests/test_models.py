@@ -112,3 +112,9 @@ def test_unknown_model_lists_the_known_ones():
 def test_unknown_model_option_is_an_error():
     with pytest.raises(ConfigError, match="no option width.*hidden"):
         create_model(ModelConfig("mlp", **MNIST, options={"width": 3}))
+
+
+def test_cnn_refuses_images_too_small_for_two_poolings():
+    with pytest.raises(ConfigError, match="at least 4x4.*3x8"):
+        create_model(ModelConfig("cnn", (1, 3, 8), 10))
+    assert create_model(ModelConfig("cnn", (1, 4, 4), 10)).fc.in_features == 64

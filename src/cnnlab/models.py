@@ -137,6 +137,10 @@ class MLP(nn.Module):
 @register_model("cnn", "the tutorial's CNN: (conv3x3-bn-relu-maxpool) x2 [32, 64], linear")
 def cnn(input_shape, num_classes):
     channels, height, width = input_shape
+    if height < 4 or width < 4:
+        raise ConfigError(
+            f"cnn needs images of at least 4x4 (two 2x2 poolings); got {height}x{width}"
+        )
     return CNN(channels, num_classes, (height, width))
 
 

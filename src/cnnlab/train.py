@@ -22,6 +22,7 @@ from cnnlab.data import DataSplits, DeviceLoader, get_dataset
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.evaluate import autocast, evaluate
 from cnnlab.models import ModelConfig, create_model, get_model_entry
+from cnnlab.preprocess import to_model_input
 from cnnlab.runtime import PRECISIONS, Runtime, seed_everything
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -197,6 +198,26 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
         )
 
 
+def compile_warmup(step_model, model, loader: DeviceLoader, runtime: Runtime) -> float:
+    """Compile forward and backward for every batch shape of an epoch, before timing starts.
+
+    Batch norm's running statistics are restored afterwards and no optimizer step is taken, so
+    the run's numbers do not depend on whether it was compiled ahead of time.
+    """
+    started = time.perf_counter()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {min(loader.batch_size, len(loader.split)), len(loader.split) % loader.batch_size}
+    model.train()
+    for size in sorted(sizes - {0}):
+        x = to_model_input(loader.split.images[:size], loader.norm, loader.channels_last)
+        with autocast(x.device, runtime.precision):
+            logits = step_model(x)
+        F.cross_entropy(logits.float(), loader.split.labels[:size]).backward()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
 @dataclass
 class FitResult:
     model: torch.nn.Module
@@ -236,7 +257,11 @@ def fit(
     train = splits.train.to(runtime.device)
     loader = DeviceLoader(train, config.batch_size, True, config.seed, norm, runtime.channels_last)
     total_steps = len(loader) * config.epochs
-    step_model = torch.compile(model) if config.compile else model
+    step_model = model
+    if config.compile:
+        step_model = torch.compile(model)
+        seconds = compile_warmup(step_model, model, loader, runtime)
+        log(f"Compiled in {seconds:.1f}s (warm-up, not counted in the epoch times)")
     eval_args = (norm, 1000, runtime.precision, runtime.channels_last)
     test_report = None
     for epoch in range(start_epoch, config.epochs):
