@@ -45,7 +45,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = write_fake_dataset(base / "data", "mnist")
     run = base / "run"
     argv = ["train", "--data-dir", str(root), "--out", str(run), "--epochs", "1", "--quiet"]
-    assert main([*argv, "--train-subset", "64", "--test-subset", "32"]) == 0
+    threads = torch.get_num_threads()
+    assert main([*argv, "--train-subset", "64", "--test-subset", "32", "--threads", "1"]) == 0
+    torch.set_num_threads(threads)
     return root, run
 
 

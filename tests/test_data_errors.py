@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision.datasets
 
 from cnnlab.cli import main
@@ -27,6 +28,14 @@ ALL_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The runs below use `--threads 1` (tiny batches on a shared machine); undo it afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -59,6 +68,7 @@ def failing_download(monkeypatch) -> list:
 
 def train(root: Path, out: Path, *extra: str) -> int:
     argv = ["train", "--data-dir", str(root), "--out", str(out), "--epochs", "1", "--quiet"]
+    argv += ["--threads", "1"]
     return main([*argv, "--train-subset", "64", "--test-subset", "32", *extra])
 
 
