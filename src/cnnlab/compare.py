@@ -119,7 +119,8 @@ class Comparison:
     summaries: list[ModelSummary]
 
     def to_json(self, runtime: Runtime | None = None, complete: bool = True) -> dict:
-        recipe = {k: v for k, v in self.recipe.to_json().items() if k not in ("model", "seed")}
+        varied = ("model", "model_options", "seed")  # set per run, recorded in "models"/"runs"
+        recipe = {k: v for k, v in self.recipe.to_json().items() if k not in varied}
         return {
             "complete": complete,
             "recipe": recipe,
