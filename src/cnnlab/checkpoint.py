@@ -28,8 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.errors import CheckpointError, ConfigError, OutputError
 from cnnlab.models import ModelConfig, create_model
+from cnnlab.preprocess import Normalization
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -169,6 +171,24 @@ class LoadedRun:
     config: dict  # the whole config.json
     model_config: ModelConfig
     model: torch.nn.Module
+
+    @property
+    def dataset(self) -> DatasetSpec:
+        """The dataset the run was trained on."""
+        name = self.config.get("dataset", {}).get("name") or self.train_config.get("dataset")
+        try:
+            return get_dataset(name or "mnist")
+        except ConfigError as err:
+            raise CheckpointError(f"{self.run_dir / CONFIG_FILE}: {err}") from None
+
+    @property
+    def train_config(self) -> dict:
+        return self.config.get("train") or {}
+
+    @property
+    def normalization(self) -> Normalization:
+        """How the run scaled its inputs; every prediction must scale the same way."""
+        return Normalization.from_json(self.config.get("normalization"))
 
 
 def find_run(path: Path) -> tuple[Path, Path]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from cnnlab.data import Split
 from cnnlab.preprocess import Normalization, to_model_input
+from cnnlab.runtime import Runtime, bf16_supported
 
 
 def autocast(device: torch.device, precision: str):
@@ -108,3 +109,25 @@ def evaluate(
         predictions=predictions.cpu(),
         confidences=confidences.cpu(),
     )
+
+
+def prediction_settings(run_config: dict, runtime: Runtime) -> tuple[str, bool]:
+    """(precision, channels_last) the run trained with, where this machine supports them.
+
+    Predicting with the run's own precision and memory layout reproduces its recorded accuracy
+    to the last image; every command that predicts for a run goes through here.
+    """
+    recorded = run_config.get("runtime", {})
+    precision = recorded.get("precision", "fp32")
+    if precision == "bf16" and not bf16_supported(runtime.device):
+        precision = "fp32"
+    return precision, bool(recorded.get("channels_last", False) and runtime.channels_last)
+
+
+def evaluate_run(run, split: Split, runtime: Runtime) -> EvalReport:
+    """`evaluate` a `LoadedRun` the way it evaluated itself during training."""
+    precision, channels_last = prediction_settings(run.config, runtime)
+    if channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    norm = run.normalization
+    return evaluate(run.model, split.to(runtime.device), norm, 1000, precision, channels_last)

@@ -36,6 +36,20 @@ def load_splits(config: TrainConfig, data_root: Path) -> DataSplits:
     )
 
 
+def run_splits(run, data_root: Path, test_subset: int | None = None) -> DataSplits:
+    """The splits a loaded run saw: its validation hold-out, its test subset (or `test_subset`)."""
+    cfg = run.train_config
+    train, test = load_dataset(run.dataset, data_root)
+    return make_splits(
+        train,
+        test,
+        cfg.get("val_size", 0),
+        None,
+        test_subset or cfg.get("test_subset"),
+        run.config.get("val_split_seed", VAL_SPLIT_SEED),
+    )
+
+
 def run_config_json(config: TrainConfig, runtime: Runtime, data_root: Path) -> dict:
     """config.json: rebuild the model ("model"), rerun the training ("train"), and provenance."""
     import torchvision

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cnnlab.errors import ConfigError
+from cnnlab.viz import save_figure
+
 
 def positive_int(text: str) -> int:
     value = int_arg(text)
@@ -73,7 +76,21 @@ def _is_number(text: str) -> bool:
 
 
 def figure_path(out: Path | None, run_dir: Path | None, default_name: str) -> Path:
-    """--out if given, else `default_name` in the run folder, else in the current folder."""
-    if out is not None:
-        return out
-    return (run_dir or Path(".")) / default_name
+    """--out FILE.png; `default_name` inside --out when it is a folder (an existing one, or a
+    name without a suffix); else `default_name` in the run folder, or the current folder."""
+    path = (run_dir or Path(".")) / default_name if out is None else out
+    if path.is_dir() or not path.suffix:
+        path = path / default_name
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: figures are written as PNG; give a name ending in .png")
+    return path
+
+
+def save_figure_to(fig, out: Path | None, run_dir: Path | None, default_name: str) -> Path:
+    """Write a figure where `figure_path` says, creating the folder; errors are one line."""
+    path = figure_path(out, run_dir, default_name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_figure(fig, path)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.checkpoint import LoadedRun, load_run
+from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import (
     add_data_dir,
     add_figure_out,
-    figure_path,
     non_negative_int,
     positive_int,
     print_table,
+    save_figure_to,
 )
 from cnnlab.data import (
     DatasetSpec,
@@ -32,11 +32,11 @@ from cnnlab.data import (
     resolve_data_root,
 )
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate
+from cnnlab.evaluate import evaluate_run
+from cnnlab.experiment import run_splits
 from cnnlab.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
-from cnnlab.preprocess import Normalization, to_model_input
+from cnnlab.preprocess import to_model_input
 from cnnlab.runtime import DEVICES, resolve_runtime
-from cnnlab.viz import save_figure
 from cnnlab.viz_tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
@@ -120,44 +120,22 @@ def add_split(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def run_dataset(run: LoadedRun) -> DatasetSpec:
-    """The dataset a run was trained on, from its config.json."""
-    name = run.config.get("dataset", {}).get("name") or run.config.get("train", {}).get("dataset")
-    return get_dataset(name or "mnist")
-
-
 def load_split(spec: DatasetSpec, data_dir: Path | None, split: str) -> Split:
     train, test = load_dataset(spec, resolve_data_root(data_dir))
     return train if split == "train" else test
 
 
-def write_figure(fig, out: Path | None, run_dir: Path | None, default_name: str) -> Path:
-    """Save to --out FILE.png, or `default_name` inside --out when it is a folder (existing, or
-    a name without a suffix), or `default_name` in the run folder / the current folder."""
-    path = figure_path(out, run_dir, default_name)
-    if path.is_dir() or not path.suffix:
-        path = path / default_name
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"--out {path}: figures are written as PNG; give a name ending in .png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return save_figure(fig, path)
-    except OSError as err:
-        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
-
-
 def run_featuremaps(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     require_conv_layers(run.model, run.model_config.name)
-    spec = run_dataset(run)
+    spec = run.dataset
     split = load_split(spec, args.data_dir, args.split)
     if args.index >= len(split):
         raise ConfigError(
             f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
             f"{len(split):,} images (0..{len(split) - 1})"
         )
-    norm = Normalization.from_json(run.config.get("normalization"))
-    x = to_model_input(split.images[args.index : args.index + 1], norm)  # (1, C, H, W)
+    x = to_model_input(split.images[args.index : args.index + 1], run.normalization)  # (1, C, H, W)
     maps = capture_feature_maps(run.model, x)
     stages = maps.stages if args.all_stages else block_outputs(maps)
     probs = maps.logits.softmax(dim=1)[0]
@@ -167,7 +145,7 @@ def run_featuremaps(args: argparse.Namespace) -> int:
     title = f"Feature maps of {run.model_config.name}: {spec.name} {args.split} image {args.index}"
     fig = feature_maps_figure(maps, stages, f"{title}\n{verdict}", input_label="input image")
     name = f"featuremaps-{args.split}-{args.index}{'-all' if args.all_stages else ''}.png"
-    path = write_figure(fig, args.out, run.run_dir, name)
+    path = save_figure_to(fig, args.out, run.run_dir, name)
     print(f"{spec.name} {args.split} image {args.index}: {verdict}")
     print_table(
         [["input", "input", "x".join(map(str, x.shape[1:]))]]
@@ -192,7 +170,7 @@ def run_samples(args: argparse.Namespace) -> int:
     labels = [f"{spec.classes[int(y)]}" for y in split.labels[index]]
     title = f"{spec.name} {args.split} images: {which} of {len(split):,}, titled with their label"
     fig = sample_grid(split.images[index], labels, title)
-    path = write_figure(fig, args.out, None, f"samples-{spec.name}-{args.split}.png")
+    path = save_figure_to(fig, args.out, None, f"samples-{spec.name}-{args.split}.png")
     print(f"Drew {count} {spec.name} {args.split} images ({which} of {len(split):,})")
     print(f"Wrote {path}")
     return 0
@@ -201,20 +179,9 @@ def run_samples(args: argparse.Namespace) -> int:
 def run_mistakes(args: argparse.Namespace) -> int:
     runtime = resolve_runtime(args.device, "auto")
     run = load_run(args.run, runtime.device)
-    # Predict as `cnnlab eval` does: the run's memory layout and precision, so the same images
-    # count as wrong.
-    recorded = run.config.get("runtime", {})
-    channels_last = bool(recorded.get("channels_last", False) and runtime.channels_last)
-    if channels_last:
-        run.model.to(memory_format=torch.channels_last)
-    precision = recorded.get("precision", "fp32") if runtime.precision == "bf16" else "fp32"
-    spec = run_dataset(run)
-    test = load_split(spec, args.data_dir, "test")
-    test_subset = args.test_subset or run.config.get("train", {}).get("test_subset")
-    if test_subset:
-        test = test.subset(slice(0, test_subset))
-    norm = Normalization.from_json(run.config.get("normalization"))
-    report = evaluate(run.model, test.to(runtime.device), norm, 1000, precision, channels_last)
+    spec = run.dataset
+    test = run_splits(run, resolve_data_root(args.data_dir), args.test_subset).test
+    report = evaluate_run(run, test, runtime)
     labels = test.labels.cpu()
     wrong = (report.predictions != labels).nonzero().flatten()
     if args.order == "confidence":
@@ -234,7 +201,7 @@ def run_mistakes(args: argparse.Namespace) -> int:
     fig = mistakes_figure(
         test.images[shown], shown.tolist(), true_names, pred_names, confidences, title
     )
-    path = write_figure(fig, args.out, run.run_dir, "mistakes.png")
+    path = save_figure_to(fig, args.out, run.run_dir, "mistakes.png")
     print(
         f"{len(wrong):,} of {len(test):,} test images are misclassified "
         f"(accuracy {report.accuracy:.2%})"

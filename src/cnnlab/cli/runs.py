@@ -6,16 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from cnnlab import viz
 from cnnlab.checkpoint import load_run
-from cnnlab.cli.common import add_data_dir, add_figure_out, figure_path, positive_int, print_table
-from cnnlab.data import get_dataset, load_dataset, make_splits, resolve_data_root
+from cnnlab.cli.common import (
+    add_data_dir,
+    add_figure_out,
+    positive_int,
+    print_table,
+    save_figure_to,
+)
+from cnnlab.data import resolve_data_root
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate, most_confused
+from cnnlab.evaluate import evaluate_run, most_confused
+from cnnlab.experiment import run_splits
 from cnnlab.models import conv_layer_names
-from cnnlab.preprocess import Normalization
 from cnnlab.runtime import resolve_runtime
 
 
@@ -49,50 +53,17 @@ def register(subparsers) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     runtime = resolve_runtime(args.device, "auto")
     run = load_run(args.run, runtime.device)
-    recorded = run.config.get("runtime", {})
-    channels_last = recorded.get("channels_last", False) and runtime.channels_last
-    if channels_last:  # the layout the run trained with: the same bits as its own evaluation
-        run.model.to(memory_format=torch.channels_last)
-    train_cfg = run.config.get("train", {})
-    spec = get_dataset(run.config.get("dataset", {}).get("name", train_cfg.get("dataset", "mnist")))
-    train, test = load_dataset(spec, resolve_data_root(args.data_dir))
-    test_subset = args.test_subset or train_cfg.get("test_subset")
-    splits = make_splits(
-        train,
-        test,
-        train_cfg.get("val_size", 0),
-        None,
-        test_subset,
-        run.config.get("val_split_seed", 0),
-    )
-    if args.split == "val":
-        if splits.val is None:
-            raise ConfigError(
-                f"{run.run_dir} was trained without --val-size, so it has no val split"
-            )
-        split = splits.val
-    else:
-        split = splits.test
-    precision = recorded.get("precision", "fp32") if runtime.precision == "bf16" else "fp32"
-    norm = Normalization.from_json(run.config.get("normalization"))
-    report = evaluate(
-        run.model,
-        split.to(runtime.device),
-        norm,
-        1000,
-        precision,
-        channels_last,
-    )
+    spec = run.dataset
+    splits = run_splits(run, resolve_data_root(args.data_dir), args.test_subset)
+    if args.split == "val" and splits.val is None:
+        raise ConfigError(f"{run.run_dir} was trained without --val-size, so it has no val split")
+    split = splits.val if args.split == "val" else splits.test
+    report = evaluate_run(run, split, runtime)
     names = list(spec.classes)
     name = "confusion.png" if args.split == "test" else "confusion-val.png"
-    path = viz.save_figure(
-        viz.confusion_figure(
-            report.confusion,
-            names,
-            f"Confusion matrix, {spec.name} {args.split} ({len(split):,} images)",
-        ),
-        figure_path(args.out, run.run_dir, name),
-    )
+    title = f"Confusion matrix, {spec.name} {args.split} ({len(split):,} images)"
+    fig = viz.confusion_figure(report.confusion, names, title)
+    path = save_figure_to(fig, args.out, run.run_dir, name)
     if args.json:
         print(
             json.dumps(report.to_json(names) | {"split": args.split, "figure": str(path)}, indent=2)
@@ -137,6 +108,6 @@ def run_filters(args: argparse.Namespace) -> int:
         fig = viz.kernel_mosaic(
             weight, f"Learned filters, {layer}: {out_ch} filters x {in_ch} input channels"
         )
-    path = viz.save_figure(fig, figure_path(args.out, run.run_dir, f"filters-{layer}.png"))
+    path = save_figure_to(fig, args.out, run.run_dir, f"filters-{layer}.png")
     print(f"Wrote {path}")
     return 0
