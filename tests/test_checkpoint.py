@@ -439,11 +439,6 @@ CONFIG_TAMPERS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/runs.py run_eval reads config.json's dataset/train/normalization sections "
-    "without checking their types: AttributeError or TypeError tracebacks",
-)
 @pytest.mark.parametrize("tamper", sorted(CONFIG_TAMPERS))
 def test_eval_of_run_with_mistyped_config_sections(run_copy, data_dir, capsys, tamper):
     edit_config(run_copy, CONFIG_TAMPERS[tamper])

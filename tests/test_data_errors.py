@@ -146,11 +146,6 @@ def test_mismatched_counts_name_both_files(fake_root, tmp_path, capsys):
     assert f"{images} has 600 images but {labels} has 599 labels" in one_error_line(capsys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.is_present() tests is_file(), so a folder in place of a data file counts as "
-    "'missing' and starts a download (network access) instead of read_idx's 'found a folder'",
-)
 def test_folder_in_place_of_file_is_reported_not_downloaded(
     fake_root, tmp_path, capsys, network_attempts, failing_download
 ):
@@ -241,11 +236,6 @@ def test_existing_files_are_never_downloaded(fake_root, tmp_path, failing_downlo
     assert failing_download == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.download() copies torchvision's RuntimeError text into the message, and that "
-    "text has one line per mirror tried, so the error is several lines",
-)
 def test_offline_at_socket_level_is_one_line(tmp_path, capsys, network_attempts):
     """No fault injected into torchvision: only the sockets refuse, as on a machine offline."""
     root = tmp_path / "root"

@@ -147,11 +147,6 @@ def test_out_is_a_regular_file(fake_root, tmp_path, capsys):
     assert out.read_text() == "mine"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TrainConfig accepts model options the model lacks (--hidden with the cnn); the "
-    "error comes from create_model inside fit(), after the run folder and config.json exist",
-)
 def test_option_the_model_lacks_is_refused_before_the_run_folder(fake_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train(fake_root, out, "--model", "cnn", "--hidden", "32") == 1
@@ -159,11 +154,6 @@ def test_option_the_model_lacks_is_refused_before_the_run_folder(fake_root, tmp_
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TrainConfig does not check --momentum; torch.optim.SGD raises ValueError "
-    "('Invalid momentum value') inside fit(), after the run folder exists",
-)
 def test_negative_momentum_is_one_line(fake_root, tmp_path, capsys):
     out = tmp_path / "run"
     try:
@@ -175,11 +165,6 @@ def test_negative_momentum_is_one_line(fake_root, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config_from_args/TrainConfig do not check the types of a --config file's values: "
-    "a string where a number belongs raises TypeError from TrainConfig.__post_init__",
-)
 @pytest.mark.parametrize("bad", [{"epochs": "five"}, {"lr": "0.1"}, {"batch_size": None}])
 def test_config_file_with_mistyped_values(fake_root, tmp_path, capsys, bad):
     config = tmp_path / "config.json"
@@ -266,11 +251,6 @@ def test_huge_learning_rate_stops_with_epoch_and_step(fake_root, tmp_path, capsy
     assert not (run / METRICS_FILE).exists() and not (run / WEIGHTS_FILE).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when epoch 1 fails the message says both 'The last completed epoch is kept.' "
-    "(train.check_finite) and 'No epoch was completed' (cli/training.py)",
-)
 def test_divergence_in_first_epoch_does_not_claim_a_kept_epoch(fake_root, tmp_path, capsys):
     flags = ["--lr", "1e9", "--optimizer", "sgd", "--train-subset", "256"]
     assert train(fake_root, tmp_path / "run", *flags) == 1

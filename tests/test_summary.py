@@ -152,7 +152,9 @@ def test_shared_frozen_grouped_and_transposed_layers():
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # fc of 0 inputs
 def test_too_small_an_input_is_a_config_error():
-    model = create_model(ModelConfig("cnn", (1, 2, 2), 10))  # pools 2 -> 1 -> 0
+    with pytest.raises(ConfigError, match="at least 4x4"):  # pools 2 -> 1 -> 0
+        create_model(ModelConfig("cnn", (1, 2, 2), 10))
+    model = create_model(ModelConfig("cnn", (1, 28, 28), 10))
     with pytest.raises(ConfigError, match="1x2x2"):
         summarize(model, (1, 2, 2))
 

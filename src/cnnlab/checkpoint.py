@@ -174,12 +174,8 @@ class LoadedRun:
 
     @property
     def dataset(self) -> DatasetSpec:
-        """The dataset the run was trained on."""
-        name = self.config.get("dataset", {}).get("name") or self.train_config.get("dataset")
-        try:
-            return get_dataset(name or "mnist")
-        except ConfigError as err:
-            raise CheckpointError(f"{self.run_dir / CONFIG_FILE}: {err}") from None
+        """The dataset the run was trained on (checked by `check_run_config` on loading)."""
+        return get_dataset(run_dataset_name(self.config))
 
     @property
     def train_config(self) -> dict:
@@ -222,6 +218,7 @@ def load_run(
     """
     run_dir, weights_path = find_run(path)
     config = read_json(run_dir / CONFIG_FILE)
+    check_run_config(config, run_dir / CONFIG_FILE)
     model_config, model = model_from_config(config, run_dir / CONFIG_FILE)
     tensors, _ = load_safetensors(weights_path)
     if weights_path.name == CHECKPOINT_FILE:
@@ -231,6 +228,26 @@ def load_run(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir, config, model_config, model)
+
+
+def run_dataset_name(config: dict) -> str:
+    return config.get("dataset", {}).get("name") or config.get("train", {}).get("dataset", "mnist")
+
+
+def check_run_config(config: dict, config_path: Path) -> None:
+    """The sections commands read beside "model" must have the shapes cnnlab writes."""
+    for section in ("dataset", "train", "normalization", "runtime"):
+        if not isinstance(config.get(section, {}), dict):
+            raise CheckpointError(f"{config_path}: '{section}' must be a JSON object")
+    norm = config.get("normalization", {})
+    for key in ("mean", "std"):
+        value = norm.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"{config_path}: normalization {key} must be a number or null")
+    try:
+        get_dataset(run_dataset_name(config))
+    except ConfigError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
 
 
 def model_from_config(config: dict, config_path: Path) -> tuple[ModelConfig, torch.nn.Module]:

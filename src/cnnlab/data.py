@@ -118,9 +118,9 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None, env=None) -> Pa
 
 
 def is_present(spec: DatasetSpec, root: Path) -> bool:
-    """True when all four raw files of the dataset exist under `root`."""
+    """True when all four raw files of the dataset exist under `root` (validated on reading)."""
     folder = root / spec.raw_folder
-    return all((folder / f).is_file() for train in (True, False) for f in spec.files(train))
+    return all((folder / f).exists() for train in (True, False) for f in spec.files(train))
 
 
 def download(spec: DatasetSpec, root: Path) -> None:
@@ -132,9 +132,10 @@ def download(spec: DatasetSpec, root: Path) -> None:
     try:
         getattr(torchvision.datasets, spec.torchvision_class)(root=root, train=True, download=True)
     except Exception as err:  # network, HTTP, disk: torchvision raises many kinds
+        reason = (str(err).strip().splitlines() or [""])[0]  # torchvision lists every mirror
         raise DataError(
             f"{spec.name} is not in {folder} and could not be downloaded ({type(err).__name__}: "
-            f"{err}). Put {expected} there, or point --data-dir / CNNLAB_DATA at a folder "
+            f"{reason}). Put {expected} there, or point --data-dir / CNNLAB_DATA at a folder "
             f"holding {spec.raw_folder}/"
         ) from None
 

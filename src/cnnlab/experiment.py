@@ -100,7 +100,7 @@ def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
     recorded = checkpoint.read_json(Path(run_dir) / checkpoint.CONFIG_FILE)
     try:
         config = TrainConfig.from_json(recorded["train"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ConfigError) as err:
         raise CheckpointError(
             f"{run_dir}: config.json has no valid 'train' section ({err})"
         ) from None

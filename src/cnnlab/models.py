@@ -81,15 +81,20 @@ def get_model_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def create_model(config: ModelConfig) -> nn.Module:
-    entry = get_model_entry(config.name)
-    unknown = set(config.options) - set(entry.options)
+def check_model_options(name: str, options: dict) -> ModelEntry:
+    """The registry entry of `name`, after checking that it takes every one of `options`."""
+    entry = get_model_entry(name)
+    unknown = set(options) - set(entry.options)
     if unknown:
         valid = ", ".join(entry.options) or "none"
         raise ConfigError(
-            f"model {config.name!r} has no option {', '.join(sorted(unknown))}; "
-            f"its options: {valid}"
+            f"model {name!r} has no option {', '.join(sorted(unknown))}; its options: {valid}"
         )
+    return entry
+
+
+def create_model(config: ModelConfig) -> nn.Module:
+    entry = check_model_options(config.name, config.options)
     return entry.builder(tuple(config.input_shape), config.num_classes, **config.options)
 
 

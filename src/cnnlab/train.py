@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cnnlab import checkpoint
 from cnnlab.data import DataSplits, DeviceLoader, get_dataset
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.evaluate import autocast, evaluate
-from cnnlab.models import ModelConfig, create_model, get_model_entry
+from cnnlab.models import ModelConfig, check_model_options, create_model
 from cnnlab.preprocess import to_model_input
 from cnnlab.runtime import PRECISIONS, Runtime, seed_everything
 
@@ -55,13 +56,15 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        get_model_entry(self.model)
+        check_types(self)
+        check_model_options(self.model, self.model_options)
         get_dataset(self.dataset)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
             (self.train_subset is None or self.train_subset >= 1, "--train-subset must be >= 1"),
@@ -93,6 +96,35 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         spec = get_dataset(self.dataset)
         return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.model_options))
+
+
+FIELD_TYPES = {
+    int: ("epochs", "batch_size", "seed", "val_size"),
+    float: ("lr", "momentum", "weight_decay", "label_smoothing"),
+    str: ("model", "dataset", "optimizer", "schedule", "device", "precision"),
+    bool: ("normalize", "compile"),
+    dict: ("model_options",),
+    (int, type(None)): ("train_subset", "test_subset"),
+}
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "an object",
+    (int, type(None)): "an integer or null",
+}
+
+
+def check_types(config: TrainConfig) -> None:
+    """Settings read from a config.json arrive untyped: each must have its field's type."""
+    for kind, names in FIELD_TYPES.items():
+        allowed = (int, float) if kind is float else kind
+        for name in names:
+            value = getattr(config, name)
+            wrong_bool = isinstance(value, bool) and kind is not bool
+            if wrong_bool or not isinstance(value, allowed):
+                raise ConfigError(f"setting {name} must be {TYPE_NAMES[kind]}, got {value!r}")
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -194,8 +226,20 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
         step = offset + int(bad[0, 0]) + 1
         raise TrainingError(
             f"loss became {float(losses[bad[0, 0]])} at epoch {epoch + 1}, step {step}; "
-            f"training stopped (try a lower --lr). The last completed epoch is kept."
+            f"training stopped (try a lower --lr)."
         )
+
+
+@contextmanager
+def out_of_memory_hint(device: torch.device, batch_size: int):
+    """Turn the accelerator's out-of-memory error into one line that suggests a smaller batch."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"out of memory on {device} at batch size {batch_size}; "
+            f"try a smaller --batch-size, such as {max(batch_size // 2, 1)}"
+        ) from None
 
 
 def compile_warmup(step_model, model, loader: DeviceLoader, runtime: Runtime) -> float:
@@ -264,9 +308,9 @@ def fit(
         log(f"Compiled in {seconds:.1f}s (warm-up, not counted in the epoch times)")
     eval_args = (norm, 1000, runtime.precision, runtime.channels_last)
     test_report = None
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        try:
+    with out_of_memory_hint(runtime.device, config.batch_size):
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
             result = train_one_epoch(
                 step_model,
                 optimizer,
@@ -278,38 +322,33 @@ def fit(
                 total_steps=total_steps,
                 progress=progress,
             )
-        except torch.cuda.OutOfMemoryError:
-            raise TrainingError(
-                f"out of memory on {runtime.device} at batch size {config.batch_size}; "
-                f"try a smaller --batch-size, such as {max(config.batch_size // 2, 1)}"
-            ) from None
-        seconds = time.perf_counter() - started
-        history.append(result.step_losses)
-        record = {
-            "epoch": epoch + 1,
-            "loss": result.loss,
-            "train_accuracy": result.accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_second": len(train) / seconds,
-        }
-        if splits.val is not None:
-            val = evaluate(model, splits.val.to(runtime.device), *eval_args)
-            record |= {"val_accuracy": val.accuracy, "val_loss": val.loss}
-        if epoch + 1 == config.epochs:
+            seconds = time.perf_counter() - started
+            history.append(result.step_losses)
+            record = {
+                "epoch": epoch + 1,
+                "loss": result.loss,
+                "train_accuracy": result.accuracy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "images_per_second": len(train) / seconds,
+            }
+            if splits.val is not None:
+                val = evaluate(model, splits.val.to(runtime.device), *eval_args)
+                record |= {"val_accuracy": val.accuracy, "val_loss": val.loss}
+            if epoch + 1 == config.epochs:
+                test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
+                record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
+            metrics.append(record)
+            if run_dir is not None:
+                step = (epoch + 1) * len(loader)
+                checkpoint.save_training_state(
+                    run_dir, model, optimizer, epoch + 1, step, metrics, torch.cat(history)
+                )
+                checkpoint.save_weights(run_dir, model)
+                checkpoint.write_metrics(run_dir, metrics)
+            log(epoch_line(record))
+        if test_report is None:  # resumed a run that had already finished all its epochs
             test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
-            record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
-        metrics.append(record)
-        if run_dir is not None:
-            step = (epoch + 1) * len(loader)
-            checkpoint.save_training_state(
-                run_dir, model, optimizer, epoch + 1, step, metrics, torch.cat(history)
-            )
-            checkpoint.save_weights(run_dir, model)
-            checkpoint.write_metrics(run_dir, metrics)
-        log(epoch_line(record))
-    if test_report is None:  # resumed a run that had already finished all its epochs
-        test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
 
 

@@ -108,6 +108,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = checkpoint.read_json(args.config).get("train")
         if not isinstance(base, dict):
             raise ConfigError(f"{args.config}: no 'train' section (is it a cnnlab config.json?)")
+        try:
+            TrainConfig.from_json(base)
+        except ConfigError as err:
+            raise ConfigError(f"{args.config}: {err}") from None
     if "hidden" in args:
         given["model_options"] = {**base.get("model_options", {}), "hidden": args.hidden}
     return TrainConfig.from_json(base, **given)

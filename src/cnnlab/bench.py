@@ -1,0 +1,216 @@
+"""Throughput measurements, all in one process so their ratios are fair.
+
+    (a) the tutorial's loop exactly as written: DataLoader over torchvision's MNIST with
+        ToTensor, num_workers=0, fp32, batch 64, `loss.item()` every step;
+    (b) `cnnlab train`'s own epoch function (`train_one_epoch`) on the same number of steps;
+    (c) the limit: forward GFLOP/s of one convolution at conv2's shape (batch 512, 32->64
+        channels, 3x3, 14x14, channels_last) in bf16 and fp32.
+
+(a) and (b) alternate, repeat after repeat, so drift in the machine's speed hits both alike;
+every figure is the median over repeats.
+
+    >>> report = run_bench(data_root, resolve_runtime(), steps=300, repeats=3)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cnnlab.data import DeviceLoader, get_dataset, load_dataset
+from cnnlab.evaluate import predict_logits
+from cnnlab.models import ModelConfig, create_model
+from cnnlab.runtime import Runtime, seed_everything
+from cnnlab.summary import summarize
+from cnnlab.train import TrainConfig, make_optimizer, train_one_epoch
+
+CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
+
+
+def forward_flops_per_image(model: torch.nn.Module, input_shape) -> int:
+    """2 x the multiply-adds of the conv and linear layers for one image (7.74 M for the cnn)."""
+    rows = summarize(model, input_shape).rows
+    return 2 * sum(r.mult_adds for r in rows if r.kind in ("Conv2d", "Linear"))
+
+
+def conv_limit_gflops(precision: str, repeats: int = 5, iters: int = 20) -> float:
+    """Median forward GFLOP/s of conv2's shape at batch 512, channels_last (`precision`)."""
+    s = CONV2_SHAPE
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x = torch.randn(s["batch"], s["in_channels"], s["size"], s["size"], dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(s["in_channels"], s["out_channels"], s["kernel"], padding=1)
+    conv = conv.to(dtype=dtype, memory_format=torch.channels_last)
+    flops = (
+        2 * s["batch"] * s["out_channels"] * s["size"] ** 2 * s["in_channels"] * s["kernel"] ** 2
+    )
+    rates = []
+    with torch.no_grad():
+        for _ in range(3):
+            conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(iters):
+                conv(x)
+            rates.append(flops * iters / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def tutorial_loop(data_root: Path, steps: int) -> Callable[[], float]:
+    """A function that runs `steps` of the tutorial's loop and returns images/s."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    train_data = datasets.MNIST(
+        root=str(data_root), train=True, download=False, transform=transforms.ToTensor()
+    )
+    train_loader = DataLoader(train_data, batch_size=64, shuffle=True)
+    model = create_model(ModelConfig("cnn"))
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run() -> float:
+        model.train()
+        epoch_loss = 0.0
+        start = time.perf_counter()
+        for step, (X, y) in enumerate(train_loader):
+            if step == steps:
+                break
+            optimizer.zero_grad()
+            loss = criterion(model(X), y)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item()
+        return steps * 64 / (time.perf_counter() - start)
+
+    return run
+
+
+def cnnlab_loop(data_root: Path, runtime: Runtime, steps: int, config: TrainConfig):
+    """A function that runs `train_one_epoch` over `steps` batches and returns images/s."""
+    spec = get_dataset(config.dataset)
+    train, _ = load_dataset(spec, data_root)
+    split = train.subset(slice(0, steps * config.batch_size)).to(runtime.device)
+    model = create_model(config.model_config()).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model.parameters())
+    loader = DeviceLoader(
+        split,
+        config.batch_size,
+        True,
+        config.seed,
+        spec.normalization(config.normalize),
+        runtime.channels_last,
+    )
+    epoch = [0]
+
+    def run() -> float:
+        start = time.perf_counter()
+        train_one_epoch(model, optimizer, loader, epoch[0], config, runtime)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch[0] += 1
+        return len(split) / (time.perf_counter() - start)
+
+    return run
+
+
+def inference_throughput(model, runtime: Runtime, batch: int, repeats: int = 5) -> float:
+    """Median images/s of `predict_logits` (eval mode, the run's precision) at one batch size."""
+    images = torch.randint(
+        0,
+        256,
+        (max(batch, 1000 if batch == 1 else batch), 1, 28, 28),
+        dtype=torch.uint8,
+        device=runtime.device,
+    )
+    count = 200 if batch == 1 else batch
+
+    def once() -> float:
+        start = time.perf_counter()
+        if batch == 1:
+            for i in range(count):
+                predict_logits(
+                    model,
+                    images[i : i + 1],
+                    batch_size=1,
+                    precision=runtime.precision,
+                    channels_last=runtime.channels_last,
+                )
+        else:
+            predict_logits(
+                model,
+                images[:batch],
+                batch_size=batch,
+                precision=runtime.precision,
+                channels_last=runtime.channels_last,
+            )
+        return count / (time.perf_counter() - start)
+
+    once()
+    return statistics.median(once() for _ in range(repeats))
+
+
+def run_bench(
+    data_root: Path,
+    runtime: Runtime,
+    steps: int = 300,
+    repeats: int = 3,
+    config: TrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Measure (a), (b), (c) and inference; return every figure in one JSON-ready dict."""
+    config = config or TrainConfig()
+    seed_everything(0)
+    threads = torch.get_num_threads()
+    tutorial = tutorial_loop(data_root, steps)
+    ours = cnnlab_loop(data_root, runtime, steps, replace(config, seed=0))
+    tutorial_rates, our_rates = [], []
+    ours()  # warm-up: first-call allocations and kernel choices
+    for r in range(repeats):
+        tutorial_rates.append(tutorial())
+        our_rates.append(ours())
+        log(
+            f"  repeat {r + 1}/{repeats}: tutorial {tutorial_rates[-1]:,.0f} img/s, "
+            f"cnnlab {our_rates[-1]:,.0f} img/s"
+        )
+    model = create_model(config.model_config())
+    flops = forward_flops_per_image(model, get_dataset(config.dataset).shape)
+    limits = {p: conv_limit_gflops(p) for p in ("bf16", "fp32")}
+    tutorial_ips = statistics.median(tutorial_rates)
+    our_ips = statistics.median(our_rates)
+    achieved = our_ips * 3 * flops / 1e9  # training taken as 3x the forward pass
+    limit = limits["bf16"] if runtime.precision == "bf16" else limits["fp32"]
+    model = model.to(runtime.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return {
+        "device": runtime.to_json(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "steps": steps,
+        "repeats": repeats,
+        "batch_size": config.batch_size,
+        "model": config.model,
+        "tutorial_images_per_second": tutorial_ips,
+        "cnnlab_images_per_second": our_ips,
+        "speedup": our_ips / tutorial_ips,
+        "tutorial_runs": tutorial_rates,
+        "cnnlab_runs": our_rates,
+        "forward_flops_per_image": flops,
+        "train_flops_per_image": 3 * flops,
+        "cnnlab_gflops": achieved,
+        "limit_gflops": limits,
+        "fraction_of_limit": achieved / limit,
+        "limit_epoch_seconds": 60_000 * 3 * flops / (limit * 1e9),
+        "inference_images_per_second": {
+            "batch_1": inference_throughput(model, runtime, 1),
+            "batch_1000": inference_throughput(model, runtime, 1000),
+        },
+    }
