@@ -15,6 +15,9 @@ every figure is the median over repeats.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,11 +26,13 @@ from pathlib import Path
 import torch
 
 from cnnlab.data import DeviceLoader, get_dataset, load_dataset
-from cnnlab.evaluate import predict_logits
+from cnnlab.evaluate import Predictor
+from cnnlab.experiment import load_splits
 from cnnlab.models import ModelConfig, create_model
+from cnnlab.preprocess import Normalization
 from cnnlab.runtime import Runtime, seed_everything
 from cnnlab.summary import summarize
-from cnnlab.train import TrainConfig, make_optimizer, train_one_epoch
+from cnnlab.train import TrainConfig, fit, make_optimizer, preset_config, train_one_epoch
 
 CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
 
@@ -122,35 +127,15 @@ def cnnlab_loop(data_root: Path, runtime: Runtime, steps: int, config: TrainConf
 
 
 def inference_throughput(model, runtime: Runtime, batch: int, repeats: int = 5) -> float:
-    """Median images/s of `predict_logits` (eval mode, the run's precision) at one batch size."""
-    images = torch.randint(
-        0,
-        256,
-        (max(batch, 1000 if batch == 1 else batch), 1, 28, 28),
-        dtype=torch.uint8,
-        device=runtime.device,
-    )
+    """Median images/s of a `Predictor` (eval mode, folded batch norm) at one batch size."""
+    predictor = Predictor(model, Normalization(), runtime.precision, runtime.channels_last, batch)
     count = 200 if batch == 1 else batch
+    images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, device=runtime.device)
 
     def once() -> float:
         start = time.perf_counter()
-        if batch == 1:
-            for i in range(count):
-                predict_logits(
-                    model,
-                    images[i : i + 1],
-                    batch_size=1,
-                    precision=runtime.precision,
-                    channels_last=runtime.channels_last,
-                )
-        else:
-            predict_logits(
-                model,
-                images[:batch],
-                batch_size=batch,
-                precision=runtime.precision,
-                channels_last=runtime.channels_last,
-            )
+        for i in range(0, count, batch):
+            predictor.logits(images[i : i + batch])
         return count / (time.perf_counter() - start)
 
     once()
@@ -213,4 +198,107 @@ def run_bench(
             "batch_1": inference_throughput(model, runtime, 1),
             "batch_1000": inference_throughput(model, runtime, 1000),
         },
+    }
+
+
+def speedrun_bench(
+    data_root: Path, runtime: Runtime, seeds: int = 10, log: Callable[[str], None] = print
+) -> dict:
+    """`--preset speedrun` over seeds 0..seeds-1 with the data loaded once, then one whole
+    `cnnlab train --preset speedrun` process timed from start to exit."""
+    config = preset_config("speedrun")
+    splits = load_splits(config, data_root)
+    accuracies, seconds = [], []
+    for seed in range(seeds):
+        result = fit(replace(config, seed=seed), splits, runtime, log=lambda _: None)
+        accuracies.append(result.test_accuracy)
+        seconds.append(sum(m["seconds"] for m in result.metrics))
+        log(f"  seed {seed}: test accuracy {accuracies[-1]:.4f}, training {seconds[-1]:.2f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            sys.executable,
+            "-m",
+            "cnnlab",
+            "train",
+            "--preset",
+            "speedrun",
+            "--quiet",
+            "--data-dir",
+            str(data_root),
+            "--out",
+            str(Path(folder) / "run"),
+        ]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        process_seconds = time.perf_counter() - start
+    return {
+        "config": config.to_json(),
+        "seeds": list(range(seeds)),
+        "test_accuracies": accuracies,
+        "test_accuracy_mean": statistics.mean(accuracies),
+        "test_accuracy_std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
+        "training_seconds": seconds,
+        "training_seconds_median": statistics.median(seconds),
+        "process_seconds": process_seconds,
+    }
+
+
+def tutorial_training(data_root: Path, seed: int, epochs: int = 5) -> float:
+    """The tutorial's whole program (fp32, DataLoader, Adam 1e-3, batch 64): its test accuracy."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    seed_everything(seed)
+    transform = transforms.ToTensor()
+    root = str(data_root)
+    train_data = datasets.MNIST(root=root, train=True, download=False, transform=transform)
+    test_data = datasets.MNIST(root=root, train=False, download=False, transform=transform)
+    train_loader = DataLoader(train_data, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_data, batch_size=64)
+    model = create_model(ModelConfig("cnn"))
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        model.train()
+        for X, y in train_loader:
+            optimizer.zero_grad()
+            loss = criterion(model(X), y)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for X, y in test_loader:
+            correct += (model(X).argmax(dim=1) == y).sum().item()
+    return correct / len(test_data)
+
+
+def accuracy_bench(
+    data_root: Path,
+    runtime: Runtime,
+    seeds: int = 5,
+    epochs: int = 5,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Paired seeds: the fp32 tutorial program against `cnnlab train`'s defaults, test accuracy."""
+    config = TrainConfig(epochs=epochs)
+    splits = load_splits(config, data_root)
+    tutorial, ours = [], []
+    for seed in range(seeds):
+        tutorial.append(tutorial_training(data_root, seed, epochs))
+        result = fit(replace(config, seed=seed), splits, runtime, log=lambda _: None)
+        ours.append(result.test_accuracy)
+        log(f"  seed {seed}: tutorial {tutorial[-1]:.4f}, cnnlab {ours[-1]:.4f}")
+    diffs = [b - a for a, b in zip(tutorial, ours)]
+    spread = statistics.stdev(diffs) if seeds > 1 else 0.0
+    return {
+        "epochs": epochs,
+        "seeds": list(range(seeds)),
+        "precision": runtime.precision,
+        "tutorial_test_accuracies": tutorial,
+        "cnnlab_test_accuracies": ours,
+        "tutorial_mean": statistics.mean(tutorial),
+        "cnnlab_mean": statistics.mean(ours),
+        "mean_difference": statistics.mean(diffs),
+        "difference_standard_error": spread / seeds**0.5,
     }

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.optimization import fuse
+from torch.fx.proxy import TraceError
 
 from cnnlab.data import Split
 from cnnlab.preprocess import Normalization, to_model_input
@@ -24,7 +27,50 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-@torch.no_grad()
+class Predictor:
+    """Eval-mode predictions for uint8 images, scaled as in training.
+
+    On creation it folds every batch norm that directly follows a convolution into that
+    convolution (torch.fx's `fuse`, on a copy): the same function with one pass less over
+    memory per layer. Models that cannot be traced are used as they are.
+
+        >>> Predictor(model, norm).logits(images)   # uint8 (N, C, H, W) -> (N, classes)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: Normalization = Normalization(),
+        precision: str = "fp32",
+        channels_last: bool = False,
+        batch_size: int = 1000,
+    ):
+        was_training = model.training
+        try:
+            self.model = fuse(model.eval())
+        except (TraceError, TypeError, RuntimeError, NotImplementedError):
+            self.model = copy.deepcopy(model)
+        model.train(was_training)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.device = next(model.parameters()).device
+        self.norm = norm
+        self.precision = precision
+        self.channels_last = channels_last
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch."""
+        outputs = []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = images[start : start + self.batch_size].to(self.device)
+            x = to_model_input(batch, self.norm, self.channels_last)
+            with autocast(self.device, self.precision):
+                outputs.append(self.model(x).float())
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
+
 def predict_logits(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -33,17 +79,8 @@ def predict_logits(
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, in eval mode, batch by batch."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        x = to_model_input(images[start : start + batch_size].to(device), norm, channels_last)
-        with autocast(device, precision):
-            outputs.append(model(x).float())
-    model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)` with a one-off `Predictor`."""
+    return Predictor(model, norm, precision, channels_last, batch_size).logits(images)
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int):

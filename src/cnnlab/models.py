@@ -153,3 +153,47 @@ def cnn(input_shape, num_classes):
 def mlp(input_shape, num_classes, hidden: int = 128):
     channels, height, width = input_shape
     return MLP(channels * height * width, num_classes, hidden)
+
+
+class SpeedrunCNN(nn.Module):
+    """A small, fast CNN for the speed-run preset: three conv blocks of 16, 32 and 64 channels.
+
+    Each block pools right after its convolution and normalises the pooled map, so batch norm
+    and ReLU touch a quarter of the values they would after the tutorial's conv-bn-relu-pool.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        size: tuple = (28, 28),
+        widths: tuple = (16, 32, 64),
+    ):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.conv1 = nn.Conv2d(in_channels, c1, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.conv3 = nn.Conv2d(c2, c3, kernel_size=3, padding=1)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(c3 * (size[0] // 8) * (size[1] // 8), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, 28, 28)
+        x = torch.relu(self.bn1(self.pool(self.conv1(x))))  # (B, 16, 14, 14)
+        x = torch.relu(self.bn2(self.pool(self.conv2(x))))  # (B, 32, 7, 7)
+        x = torch.relu(self.bn3(self.pool(self.conv3(x))))  # (B, 64, 3, 3)
+        return self.fc(x.flatten(start_dim=1))  # (B, 10)
+
+
+@register_model(
+    "speedrun", "small fast CNN for --preset speedrun: (conv3x3-pool-bn-relu) x3 [16, 32, 64]"
+)
+def speedrun(input_shape, num_classes, width: int = 16):
+    channels, height, width_px = input_shape
+    if height < 8 or width_px < 8:
+        raise ConfigError(
+            f"speedrun needs images of at least 8x8 (three 2x2 poolings); got {height}x{width_px}"
+        )
+    return SpeedrunCNN(channels, num_classes, (height, width_px), (width, 2 * width, 4 * width))

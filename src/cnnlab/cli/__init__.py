@@ -11,13 +11,14 @@ Errors a user can cause end here as one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import catalog, compare, figures, runs, teach, training
+from cnnlab.cli import bench, catalog, compare, figures, runs, teach, training
 from cnnlab.errors import CnnlabError
 
-COMMAND_MODULES = (training, runs, figures, compare, catalog, teach)
+COMMAND_MODULES = (training, runs, figures, compare, teach, bench, catalog)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,3 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cnnlab eval RUN | head`: the reader left; nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141

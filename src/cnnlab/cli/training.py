@@ -13,7 +13,7 @@ from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
 from cnnlab.models import list_models
 from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
-from cnnlab.train import OPTIMIZERS, SCHEDULES, TrainConfig
+from cnnlab.train import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 
 D = TrainConfig()  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
@@ -78,6 +78,11 @@ def register(subparsers) -> None:
         help="replace the training files of an existing --out folder",
     )
     p.add_argument(
+        "--preset",
+        help=f"a named recipe: {', '.join(PRESETS)}; flags given beside it override it "
+        "(default: tutorial)",
+    )
+    p.add_argument(
         "--config",
         type=Path,
         metavar="RUN/config.json",
@@ -104,6 +109,10 @@ TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS}
     base = {}
+    if "preset" in args:
+        if "config" in args:
+            raise ConfigError("--preset and --config both set the recipe; give one of them")
+        base = preset_config(args.preset).to_json()
     if "config" in args:
         base = checkpoint.read_json(args.config).get("train")
         if not isinstance(base, dict):

@@ -1,0 +1,106 @@
+"""`cnnlab bench`: training and inference throughput against the tutorial's loop, in one process.
+
+cnnlab bench --json bench.json
+cnnlab bench --speedrun --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnlab.bench import accuracy_bench, run_bench, speedrun_bench
+from cnnlab.checkpoint import write_json
+from cnnlab.cli.common import add_data_dir, positive_int
+from cnnlab.data import get_dataset, load_dataset, resolve_data_root
+from cnnlab.runtime import DEVICES, resolve_runtime
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure training speed against the tutorial's loop, and inference throughput",
+        description="(a) the tutorial's DataLoader loop, (b) cnnlab's training epoch on the "
+        "same number of steps, (c) the limit: conv2's forward GFLOP/s at batch 512. Medians "
+        "over repeats, (a) and (b) alternating.",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=300, help="steps per repeat (default: 300)"
+    )
+    p.add_argument("--repeats", type=positive_int, default=3, help="repeats (default: 3)")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default: auto)")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default: auto)")
+    p.add_argument(
+        "--speedrun",
+        action="store_true",
+        help="instead, run --preset speedrun over --seeds seeds and time it",
+    )
+    p.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="instead, train the fp32 tutorial program and cnnlab's defaults for 5 epochs on "
+        "paired seeds (give --seeds 5) and compare test accuracy",
+    )
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=10,
+        help="seeds 0..N-1 for --speedrun and --accuracy (default: 10)",
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    add_data_dir(p)
+    p.set_defaults(handler=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    runtime = resolve_runtime(args.device, args.precision)
+    root = resolve_data_root(args.data_dir)
+    load_dataset(get_dataset("mnist"), root)  # present (or downloaded) before any timing
+    print(
+        f"Device: {runtime.device} ({runtime.to_json()['device_name']}), precision "
+        f"{runtime.precision}, channels_last {runtime.channels_last}, threads {runtime.threads}"
+    )
+    if args.speedrun:
+        report = speedrun_bench(root, runtime, args.seeds)
+        print(
+            f"Speed-run over seeds 0-{args.seeds - 1}: test accuracy "
+            f"{report['test_accuracy_mean']:.2%} ± {report['test_accuracy_std']:.2%} (std), "
+            f"median training time {report['training_seconds_median']:.2f} s"
+        )
+        print(f"Whole `cnnlab train --preset speedrun` process: {report['process_seconds']:.1f} s")
+    elif args.accuracy:
+        report = accuracy_bench(root, runtime, args.seeds)
+        print(
+            f"Test accuracy, seeds 0-{args.seeds - 1}, 5 epochs: tutorial program (fp32) "
+            f"{report['tutorial_mean']:.2%}, cnnlab train ({runtime.precision}) "
+            f"{report['cnnlab_mean']:.2%}; paired difference "
+            f"{report['mean_difference'] * 100:+.3f} ± "
+            f"{report['difference_standard_error'] * 100:.3f} percentage points (standard error)"
+        )
+    else:
+        report = run_bench(root, runtime, args.steps, args.repeats)
+        print_report(report)
+    if args.json:
+        write_json(args.json, report)
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def print_report(r: dict) -> None:
+    inference = r["inference_images_per_second"]
+    lines = [
+        f"(a) tutorial loop:    {r['tutorial_images_per_second']:>9,.0f} images/s",
+        f"(b) cnnlab train:     {r['cnnlab_images_per_second']:>9,.0f} images/s  "
+        f"({r['speedup']:.2f}x the tutorial loop)",
+        f"model: {r['forward_flops_per_image'] / 1e6:.2f} MFLOP forward per image, "
+        f"{r['train_flops_per_image'] / 1e6:.2f} MFLOP per training image (3x)",
+        f"(b) achieves {r['cnnlab_gflops']:.0f} GFLOP/s",
+        f"(c) limit, conv2 shape at batch 512: bf16 {r['limit_gflops']['bf16']:.0f} GFLOP/s, "
+        f"fp32 {r['limit_gflops']['fp32']:.0f} GFLOP/s",
+        f"(b) is {r['fraction_of_limit']:.1%} of the limit; an epoch at the limit would take "
+        f"{r['limit_epoch_seconds']:.1f} s",
+        f"inference: {inference['batch_1']:,.0f} images/s at batch 1, "
+        f"{inference['batch_1000']:,.0f} images/s at batch 1000",
+    ]
+    print("\n".join(lines))
+    print("(medians over repeats; per-repeat figures are in --json)")
