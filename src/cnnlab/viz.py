@@ -43,6 +43,18 @@ def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> 
             linewidth=0.6,
             label="batch loss",
         )
+        window = max(int(steps_per_epoch) // 20, 1)
+        if len(step_losses) > window:
+            smooth = torch.nn.functional.avg_pool1d(step_losses[None, None].float(), window, 1)[
+                0, 0
+            ]
+            ax.plot(
+                x[window - 1 :].numpy(),
+                smooth.numpy(),
+                color="tab:blue",
+                linewidth=1.2,
+                label=f"batch loss, mean of {window}",
+            )
     ax.plot(
         epochs,
         [m["loss"] for m in metrics],
