@@ -78,3 +78,13 @@ def strip_timing(metrics: list[dict]) -> list[dict]:
     return [
         {k: v for k, v in m.items() if k not in ("seconds", "images_per_second")} for m in metrics
     ]
+
+
+def one_error_line(capsys) -> str:
+    """The only line on stderr, which must be cnnlab's error line; no traceback anywhere."""
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("cnnlab: error: ")
+    return lines[0]

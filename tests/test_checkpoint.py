@@ -35,7 +35,7 @@ from cnnlab.checkpoint import (
 from cnnlab.cli import main
 from cnnlab.errors import CheckpointError, OutputError
 from cnnlab.models import ModelConfig, create_model
-from tests.conftest import write_fake_dataset
+from tests.conftest import one_error_line, write_fake_dataset
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +59,6 @@ def run_copy(trained, tmp_path) -> Path:
 @pytest.fixture
 def data_dir(trained) -> str:
     return str(trained[0])
-
-
-def one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("cnnlab: error: ")
-    return lines[0]
 
 
 def eval_fails(capsys, target: Path, data_dir: str, *needles: str) -> str:

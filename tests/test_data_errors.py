@@ -19,7 +19,7 @@ import torchvision.datasets
 from cnnlab.cli import main
 from cnnlab.data import DATASETS, get_dataset, load_dataset
 from cnnlab.errors import DataError
-from tests.conftest import idx_bytes, write_fake_dataset
+from tests.conftest import idx_bytes, one_error_line, write_fake_dataset
 
 MNIST_RAW = Path("MNIST") / "raw"
 ALL_FILES = (
@@ -70,16 +70,6 @@ def train(root: Path, out: Path, *extra: str) -> int:
     argv = ["train", "--data-dir", str(root), "--out", str(out), "--epochs", "1", "--quiet"]
     argv += ["--threads", "1"]
     return main([*argv, "--train-subset", "64", "--test-subset", "32", *extra])
-
-
-def one_error_line(capsys) -> str:
-    """The only line on stderr, which must be cnnlab's error line; no traceback anywhere."""
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("cnnlab: error: ")
-    return lines[0]
 
 
 # --- corrupt files through the CLI --------------------------------------------------------------

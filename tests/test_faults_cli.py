@@ -24,6 +24,7 @@ from cnnlab.checkpoint import (
     load_safetensors,
 )
 from cnnlab.cli import main
+from tests.conftest import one_error_line
 
 SMALL = ["--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--quiet"]
 SMALL += ["--threads", "1"]  # tiny batches run faster on one thread of a shared machine
@@ -47,15 +48,6 @@ def _no_figures(monkeypatch):
 def train(root: Path, out: Path | None, *flags: str) -> int:
     argv = ["train", "--data-dir", str(root), *SMALL, *flags]
     return main(argv + (["--out", str(out)] if out is not None else []))
-
-
-def one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("cnnlab: error: ")
-    return lines[0]
 
 
 def metrics(run: Path) -> list[dict]:

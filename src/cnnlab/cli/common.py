@@ -41,6 +41,21 @@ def add_data_dir(parser: argparse.ArgumentParser, **kwargs) -> None:
     )
 
 
+def add_subset_flags(parser: argparse.ArgumentParser, **kwargs) -> None:
+    parser.add_argument(
+        "--train-subset",
+        type=positive_int,
+        **kwargs,
+        help="train on the first N images (default: all)",
+    )
+    parser.add_argument(
+        "--test-subset",
+        type=positive_int,
+        **kwargs,
+        help="evaluate on the first N test images (default: all)",
+    )
+
+
 def add_figure_out(parser: argparse.ArgumentParser, default_name: str) -> None:
     parser.add_argument(
         "--out",

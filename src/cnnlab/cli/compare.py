@@ -11,7 +11,13 @@ import argparse
 from pathlib import Path
 
 from cnnlab import compare
-from cnnlab.cli.common import add_data_dir, non_negative_int, positive_int, print_table
+from cnnlab.cli.common import (
+    add_data_dir,
+    add_subset_flags,
+    non_negative_int,
+    positive_int,
+    print_table,
+)
 from cnnlab.data import get_dataset, list_datasets, resolve_data_root
 from cnnlab.experiment import load_splits
 from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
@@ -47,14 +53,7 @@ def register(subparsers) -> None:
         default=D.dataset,
         help=f"one of {', '.join(list_datasets())} (default: {D.dataset})",
     )
-    p.add_argument(
-        "--train-subset", type=positive_int, help="train on the first N images (default: all)"
-    )
-    p.add_argument(
-        "--test-subset",
-        type=positive_int,
-        help="evaluate on the first N test images (default: all)",
-    )
+    add_subset_flags(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=D.batch_size, help=f"(default: {D.batch_size})"
     )

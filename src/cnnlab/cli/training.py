@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cnnlab import checkpoint
-from cnnlab.cli.common import add_data_dir, non_negative_int, positive_int
+from cnnlab.cli.common import add_data_dir, add_subset_flags, non_negative_int, positive_int
 from cnnlab.data import list_datasets, resolve_data_root
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
@@ -46,14 +46,7 @@ def register(subparsers) -> None:
         type=non_negative_int,
         help="hold out N training images for validation after each epoch (default: 0)",
     )
-    p.add_argument(
-        "--train-subset", type=positive_int, help="train on the first N images (default: all)"
-    )
-    p.add_argument(
-        "--test-subset",
-        type=positive_int,
-        help="evaluate on the first N test images (default: all)",
-    )
+    add_subset_flags(p)
     p.add_argument(
         "--normalize",
         action="store_true",
