@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import runtime as runtime_module
-from cnnlab.bench import forward_flops_per_image, run_bench
+from cnnlab.bench import forward_flops_per_image, profile_step, run_bench
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.evaluate import Predictor, autocast
@@ -167,3 +167,11 @@ def test_loss_scale_is_unchanged_by_autocast():
     logits = torch.randn(8, 10).bfloat16()
     y = torch.randint(0, 10, (8,))
     assert F.cross_entropy(logits.float(), y).dtype == torch.float32
+
+
+def test_profile_names_the_step_operators():
+    rows = profile_step(resolve_runtime("cpu", "fp32"), TrainConfig(batch_size=8), steps=3)
+    names = {name for name, _, _ in rows}
+    assert {"aten::native_batch_norm", "aten::max_pool2d_with_indices"} <= names
+    assert any("convolution" in name for name in names)
+    assert sum(share for _, _, share in rows) == pytest.approx(1.0)

@@ -29,10 +29,17 @@ from cnnlab.data import DeviceLoader, get_dataset, load_dataset
 from cnnlab.evaluate import Predictor
 from cnnlab.experiment import load_splits
 from cnnlab.models import ModelConfig, create_model
-from cnnlab.preprocess import Normalization
+from cnnlab.preprocess import Normalization, to_model_input
 from cnnlab.runtime import Runtime, seed_everything
 from cnnlab.summary import summarize
-from cnnlab.train import TrainConfig, fit, make_optimizer, preset_config, train_one_epoch
+from cnnlab.train import (
+    TrainConfig,
+    fit,
+    make_optimizer,
+    preset_config,
+    train_one_epoch,
+    train_step,
+)
 
 CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
 
@@ -302,3 +309,33 @@ def accuracy_bench(
         "mean_difference": statistics.mean(diffs),
         "difference_standard_error": spread / seeds**0.5,
     }
+
+
+def profile_step(runtime: Runtime, config: TrainConfig | None = None, steps: int = 50) -> list:
+    """Where one training step's time goes: (operator, ms per step, share), largest first.
+
+    Profiles `train_step` on random data of the recipe's batch size under torch.profiler;
+    the profiler adds some overhead of its own, so read the shares, not the totals.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    config = config or TrainConfig()
+    spec = get_dataset(config.dataset)
+    model = create_model(config.model_config()).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model.parameters())
+    images = torch.randint(0, 256, (config.batch_size, *spec.shape), dtype=torch.uint8)
+    x = to_model_input(images.to(runtime.device), channels_last=runtime.channels_last)
+    y = torch.randint(0, spec.num_classes, (config.batch_size,), device=runtime.device)
+    for _ in range(10):
+        train_step(model, optimizer, x, y, runtime.precision)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step(model, optimizer, x, y, runtime.precision)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [
+        (e.key, e.self_cpu_time_total / steps / 1000, e.self_cpu_time_total / total) for e in events
+    ]
+    return sorted(rows, key=lambda r: r[1], reverse=True)

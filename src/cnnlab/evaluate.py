@@ -140,7 +140,7 @@ def evaluate(
     confidences, predictions = probs.max(dim=1)
     num_classes = logits.shape[1]
     return EvalReport(
-        accuracy=float((predictions == labels).float().mean()) if len(labels) else 0.0,
+        accuracy=int((predictions == labels).sum()) / len(labels) if len(labels) else 0.0,
         loss=float(F.cross_entropy(logits, labels)) if len(labels) else 0.0,
         confusion=confusion_matrix(predictions, labels, num_classes),
         predictions=predictions.cpu(),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.bench import accuracy_bench, run_bench, speedrun_bench
+from cnnlab.bench import accuracy_bench, profile_step, run_bench, speedrun_bench
 from cnnlab.checkpoint import write_json
-from cnnlab.cli.common import add_data_dir, positive_int
+from cnnlab.cli.common import add_data_dir, positive_int, print_table
 from cnnlab.data import get_dataset, load_dataset, resolve_data_root
 from cnnlab.runtime import DEVICES, resolve_runtime
 
@@ -36,6 +36,11 @@ def register(subparsers) -> None:
         help="instead, run --preset speedrun over --seeds seeds and time it",
     )
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead, show where a training step of the tutorial recipe spends its time",
+    )
+    p.add_argument(
         "--accuracy",
         action="store_true",
         help="instead, train the fp32 tutorial program and cnnlab's defaults for 5 epochs on "
@@ -55,7 +60,8 @@ def register(subparsers) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     runtime = resolve_runtime(args.device, args.precision)
     root = resolve_data_root(args.data_dir)
-    load_dataset(get_dataset("mnist"), root)  # present (or downloaded) before any timing
+    if not args.profile:  # the profile runs on random images
+        load_dataset(get_dataset("mnist"), root)  # present (or downloaded) before any timing
     print(
         f"Device: {runtime.device} ({runtime.to_json()['device_name']}), precision "
         f"{runtime.precision}, channels_last {runtime.channels_last}, threads {runtime.threads}"
@@ -68,6 +74,23 @@ def run_bench_command(args: argparse.Namespace) -> int:
             f"median training time {report['training_seconds_median']:.2f} s"
         )
         print(f"Whole `cnnlab train --preset speedrun` process: {report['process_seconds']:.1f} s")
+    elif args.profile:
+        rows = profile_step(runtime)
+        shown = rows[:15]
+        print_table(
+            [[name, f"{ms:.3f}", f"{share:.1%}"] for name, ms, share in shown]
+            + [
+                [
+                    "(all others)",
+                    f"{sum(r[1] for r in rows[15:]):.3f}",
+                    f"{sum(r[2] for r in rows[15:]):.1%}",
+                ]
+            ],
+            ["operator (self time)", "ms per step", "share"],
+        )
+        report = {
+            "profile": [{"operator": n, "ms_per_step": ms, "share": sh} for n, ms, sh in rows]
+        }
     elif args.accuracy:
         report = accuracy_bench(root, runtime, args.seeds)
         print(
