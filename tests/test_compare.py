@@ -12,11 +12,12 @@ import pytest
 
 from cnnlab import compare
 from cnnlab.cli import main
+from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import resolve_runtime
-from cnnlab.train import TrainConfig, fit
+from cnnlab.train import fit
 from cnnlab.viz import save_figure
 from cnnlab.viz_tutorial import comparison_figure
 from tests.conftest import write_fake_dataset

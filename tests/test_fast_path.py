@@ -9,12 +9,13 @@ import torch.nn.functional as F
 
 from cnnlab import runtime as runtime_module
 from cnnlab.bench import forward_flops_per_image, profile_step, run_bench
+from cnnlab.config import TrainConfig, preset_config
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.evaluate import Predictor, autocast
 from cnnlab.models import ModelConfig, count_parameters, create_model, list_models
 from cnnlab.runtime import Runtime, resolve_precision, resolve_runtime
-from cnnlab.train import TrainConfig, fit, make_optimizer, preset_config
+from cnnlab.train import fit, make_optimizer
 
 CPU = torch.device("cpu")
 BF16 = runtime_module.bf16_supported(CPU)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.experiment import load_splits
 from cnnlab.runtime import resolve_runtime
-from cnnlab.train import TrainConfig, fit
+from cnnlab.train import fit
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from cnnlab.checkpoint import load_run
+from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.evaluate import predict_logits
 from cnnlab.experiment import load_splits, train_run
 from cnnlab.runtime import resolve_runtime
-from cnnlab.train import TrainConfig, fit, lr_at
+from cnnlab.train import fit, lr_at
 from tests.conftest import strip_timing
 
 

@@ -9,6 +9,7 @@
 __version__ = "0.1.0"
 
 from cnnlab.checkpoint import load_run  # noqa: E402
+from cnnlab.config import TrainConfig, preset_config  # noqa: E402
 from cnnlab.data import (  # noqa: E402
     DeviceLoader,
     get_dataset,
@@ -33,7 +34,7 @@ from cnnlab.models import (  # noqa: E402
     register_model,
 )
 from cnnlab.runtime import resolve_runtime, seed_everything  # noqa: E402
-from cnnlab.train import TrainConfig, fit, train_one_epoch  # noqa: E402
+from cnnlab.train import fit, train_one_epoch  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -55,6 +56,7 @@ __all__ = [
     "load_dataset",
     "load_run",
     "make_splits",
+    "preset_config",
     "register_model",
     "resolve_data_root",
     "resolve_runtime",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.config import TrainConfig, preset_config
 from cnnlab.data import DeviceLoader, get_dataset, load_dataset
 from cnnlab.evaluate import Predictor
 from cnnlab.experiment import load_splits
@@ -32,14 +33,7 @@ from cnnlab.models import ModelConfig, create_model
 from cnnlab.preprocess import Normalization, to_model_input
 from cnnlab.runtime import Runtime, seed_everything
 from cnnlab.summary import summarize
-from cnnlab.train import (
-    TrainConfig,
-    fit,
-    make_optimizer,
-    preset_config,
-    train_one_epoch,
-    train_step,
-)
+from cnnlab.train import fit, make_optimizer, train_one_epoch, train_step
 
 CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
 

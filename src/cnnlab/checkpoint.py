@@ -333,6 +333,21 @@ def save_training_state(
     save_safetensors(run_dir / CHECKPOINT_FILE, tensors, meta)
 
 
+def save_epoch(
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    metrics: list[dict],
+    global_step: int,
+    step_losses: torch.Tensor,
+) -> None:
+    """Everything a completed epoch leaves, each file atomic: the checkpoint first (what resume
+    reads), then the weights, then metrics.jsonl (rewritten from the checkpoint on resume)."""
+    save_training_state(run_dir, model, optimizer, len(metrics), global_step, metrics, step_losses)
+    save_weights(run_dir, model)
+    write_metrics(run_dir, metrics)
+
+
 def load_training_state(run_dir: Path) -> TrainingState:
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.exists():

@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cnnlab import checkpoint
+from cnnlab.config import TrainConfig
 from cnnlab.data import DataSplits, get_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import Runtime
-from cnnlab.train import TrainConfig, fit
+from cnnlab.train import fit
 from cnnlab.viz import save_figure
 from cnnlab.viz_tutorial import comparison_figure
 

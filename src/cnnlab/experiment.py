@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from cnnlab import __version__, checkpoint, viz
+from cnnlab.config import TrainConfig
 from cnnlab.data import DataSplits, get_dataset, load_dataset, make_splits
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models import conv_layer_names
 from cnnlab.runtime import Runtime
-from cnnlab.train import FitResult, TrainConfig, fit
+from cnnlab.train import FitResult, fit
 
 VAL_SPLIT_SEED = 0  # the validation hold-out is the same for every training seed
 

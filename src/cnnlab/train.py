@@ -1,4 +1,4 @@
-"""Training: `TrainConfig`, the training step, `train_one_epoch`, schedules and `fit`.
+"""Training: the optimizer, the learning-rate schedule, the training step, `train_one_epoch`, `fit`.
 
     >>> result = fit(TrainConfig(epochs=1), splits, resolve_runtime(), run_dir=Path("runs/demo"))
     >>> result.test_accuracy
@@ -12,141 +12,22 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab import checkpoint
+from cnnlab.config import TrainConfig
 from cnnlab.data import DataSplits, DeviceLoader, get_dataset
-from cnnlab.errors import ConfigError, TrainingError
+from cnnlab.errors import TrainingError
 from cnnlab.evaluate import autocast, evaluate
-from cnnlab.models import ModelConfig, check_model_options, create_model
+from cnnlab.models import create_model
 from cnnlab.preprocess import to_model_input
-from cnnlab.runtime import PRECISIONS, Runtime, seed_everything
+from cnnlab.runtime import Runtime, seed_everything
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "onecycle", "cosine")
 FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training recipe; defaults are the tutorial's: cnn, MNIST, Adam 1e-3, batch 64, 5 epochs."""
-
-    model: str = "cnn"
-    model_options: dict = field(default_factory=dict)
-    dataset: str = "mnist"
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    val_size: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-    normalize: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self):
-        check_types(self)
-        check_model_options(self.model, self.model_options)
-        get_dataset(self.dataset)
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
-            (self.train_subset is None or self.train_subset >= 1, "--train-subset must be >= 1"),
-            (self.test_subset is None or self.test_subset >= 1, "--test-subset must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        for name, value, choices in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("precision", self.precision, PRECISIONS),
-        ):
-            if value not in choices:
-                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict, **overrides) -> TrainConfig:
-        """Rebuild from config.json's "train" section; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown training settings in config: {', '.join(sorted(unknown))}")
-        return cls(**{**data, **overrides})
-
-    def model_config(self) -> ModelConfig:
-        spec = get_dataset(self.dataset)
-        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.model_options))
-
-
-FIELD_TYPES = {
-    int: ("epochs", "batch_size", "seed", "val_size"),
-    float: ("lr", "momentum", "weight_decay", "label_smoothing"),
-    str: ("model", "dataset", "optimizer", "schedule", "device", "precision"),
-    bool: ("normalize", "compile"),
-    dict: ("model_options",),
-    (int, type(None)): ("train_subset", "test_subset"),
-}
-TYPE_NAMES = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true or false",
-    dict: "an object",
-    (int, type(None)): "an integer or null",
-}
-
-
-def check_types(config: TrainConfig) -> None:
-    """Settings read from a config.json arrive untyped: each must have its field's type."""
-    for kind, names in FIELD_TYPES.items():
-        allowed = (int, float) if kind is float else kind
-        for name in names:
-            value = getattr(config, name)
-            wrong_bool = isinstance(value, bool) and kind is not bool
-            if wrong_bool or not isinstance(value, allowed):
-                raise ConfigError(f"setting {name} must be {TYPE_NAMES[kind]}, got {value!r}")
-
-
-PRESETS: dict[str, TrainConfig] = {
-    "tutorial": TrainConfig(),
-    # Tuned on a 5,000-image validation split (BENCHMARKS.md): one epoch of a small CNN with a
-    # one-cycle schedule and label smoothing.
-    "speedrun": TrainConfig(
-        model="speedrun",
-        epochs=1,
-        batch_size=128,
-        lr=0.008,
-        schedule="onecycle",
-        label_smoothing=0.1,
-    ),
-}
-
-
-def preset_config(name: str) -> TrainConfig:
-    """A named recipe: `tutorial` (the defaults) or `speedrun` (see BENCHMARKS.md)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -273,6 +154,22 @@ def out_of_memory_hint(device: torch.device, batch_size: int):
         ) from None
 
 
+def restore(model, optimizer, state: checkpoint.TrainingState) -> None:
+    """Load weights, optimizer state and RNG state for an exact resume.
+
+    Optimizer moments come back from safetensors in the default layout; a fused optimizer walks
+    parameter and moment memory in step, so each moment is given its parameter's layout
+    (channels_last for convolutions), or the resumed updates would land on the wrong elements.
+    """
+    model.load_state_dict(state.model_state)
+    optimizer.load_state_dict(state.optimizer_state)
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+    torch.set_rng_state(state.rng_state)
+
+
 def compile_warmup(step_model, model, loader: DeviceLoader, runtime: Runtime) -> float:
     """Compile forward and backward for every batch shape of an epoch, before timing starts.
 
@@ -323,9 +220,7 @@ def fit(
     history = [torch.zeros(0)]
     start_epoch = 0
     if resume is not None:
-        model.load_state_dict(resume.model_state)
-        optimizer.load_state_dict(resume.optimizer_state)
-        torch.set_rng_state(resume.rng_state)
+        restore(model, optimizer, resume)
         metrics = list(resume.metrics)
         history = [resume.step_losses]
         start_epoch = resume.epochs_done
@@ -372,11 +267,7 @@ def fit(
             metrics.append(record)
             if run_dir is not None:
                 step = (epoch + 1) * len(loader)
-                checkpoint.save_training_state(
-                    run_dir, model, optimizer, epoch + 1, step, metrics, torch.cat(history)
-                )
-                checkpoint.save_weights(run_dir, model)
-                checkpoint.write_metrics(run_dir, metrics)
+                checkpoint.save_epoch(run_dir, model, optimizer, metrics, step, torch.cat(history))
             log(epoch_line(record))
         if test_report is None:  # resumed a run that had already finished all its epochs
             test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)

@@ -18,10 +18,10 @@ from cnnlab.cli.common import (
     positive_int,
     print_table,
 )
+from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, list_datasets, resolve_data_root
 from cnnlab.experiment import load_splits
 from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
-from cnnlab.train import TrainConfig
 
 D = TrainConfig()  # the defaults the help texts state
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from cnnlab import checkpoint
 from cnnlab.cli.common import add_data_dir, add_subset_flags, non_negative_int, positive_int
+from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import list_datasets, resolve_data_root
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
 from cnnlab.models import list_models
 from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
-from cnnlab.train import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 
 D = TrainConfig()  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}

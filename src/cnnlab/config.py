@@ -1,0 +1,138 @@
+"""Training recipes: `TrainConfig`, its validation, and the named presets.
+
+A `TrainConfig` is everything `cnnlab train` needs besides data, device and output folder; run
+folders store it as the "train" section of config.json and rebuild it with `from_json`:
+
+    >>> config = TrainConfig.from_json(json.load(open("runs/x/config.json"))["train"])
+    >>> preset_config("speedrun")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from cnnlab.data import get_dataset
+from cnnlab.errors import ConfigError
+from cnnlab.models import ModelConfig, check_model_options
+from cnnlab.runtime import PRECISIONS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe; defaults are the tutorial's: cnn, MNIST, Adam 1e-3, batch 64, 5 epochs."""
+
+    model: str = "cnn"
+    model_options: dict = field(default_factory=dict)
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    val_size: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    normalize: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self):
+        check_types(self)
+        check_model_options(self.model, self.model_options)
+        get_dataset(self.dataset)
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
+            (self.train_subset is None or self.train_subset >= 1, "--train-subset must be >= 1"),
+            (self.test_subset is None or self.test_subset >= 1, "--test-subset must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for name, value, choices in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, **overrides) -> TrainConfig:
+        """Rebuild from config.json's "train" section; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training settings in config: {', '.join(sorted(unknown))}")
+        return cls(**{**data, **overrides})
+
+    def model_config(self) -> ModelConfig:
+        spec = get_dataset(self.dataset)
+        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.model_options))
+
+
+FIELD_TYPES = {
+    int: ("epochs", "batch_size", "seed", "val_size"),
+    float: ("lr", "momentum", "weight_decay", "label_smoothing"),
+    str: ("model", "dataset", "optimizer", "schedule", "device", "precision"),
+    bool: ("normalize", "compile"),
+    dict: ("model_options",),
+    (int, type(None)): ("train_subset", "test_subset"),
+}
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "an object",
+    (int, type(None)): "an integer or null",
+}
+
+
+def check_types(config: TrainConfig) -> None:
+    """Settings read from a config.json arrive untyped: each must have its field's type."""
+    for kind, names in FIELD_TYPES.items():
+        allowed = (int, float) if kind is float else kind
+        for name in names:
+            value = getattr(config, name)
+            wrong_bool = isinstance(value, bool) and kind is not bool
+            if wrong_bool or not isinstance(value, allowed):
+                raise ConfigError(f"setting {name} must be {TYPE_NAMES[kind]}, got {value!r}")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "tutorial": TrainConfig(),
+    # Tuned on a 5,000-image validation split (BENCHMARKS.md): one epoch of a small CNN with a
+    # one-cycle schedule and label smoothing.
+    "speedrun": TrainConfig(
+        model="speedrun",
+        epochs=1,
+        batch_size=128,
+        lr=0.008,
+        schedule="onecycle",
+        label_smoothing=0.1,
+    ),
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """A named recipe: `tutorial` (the defaults) or `speedrun` (see BENCHMARKS.md)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
