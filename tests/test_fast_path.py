@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import runtime as runtime_module
-from cnnlab.bench import forward_flops_per_image, profile_step, run_bench
+from cnnlab.bench import ablation_bench, forward_flops_per_image, profile_step, run_bench
 from cnnlab.config import TrainConfig, preset_config
 from cnnlab.data import get_dataset, load_dataset, make_splits
 from cnnlab.errors import ConfigError
@@ -176,3 +176,12 @@ def test_profile_names_the_step_operators():
     assert {"aten::native_batch_norm", "aten::max_pool2d_with_indices"} <= names
     assert any("convolution" in name for name in names)
     assert sum(share for _, _, share in rows) == pytest.approx(1.0)
+
+
+def test_ablation_measures_each_step(fake_root):
+    report = ablation_bench(
+        fake_root, resolve_runtime("cpu"), steps=2, repeats=1, log=lambda _: None
+    )
+    names = list(report["images_per_second"])
+    assert names[:3] == ["tutorial loop", "uint8 in memory, fp32, NCHW", "+ channels_last"]
+    assert report["speedup"]["tutorial loop"] == 1.0

@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.bench import accuracy_bench, profile_step, run_bench, speedrun_bench
+from cnnlab.bench import (
+    ablation_bench,
+    accuracy_bench,
+    profile_step,
+    run_bench,
+    speedrun_bench,
+)
 from cnnlab.checkpoint import write_json
 from cnnlab.cli.common import add_data_dir, positive_int, print_table
 from cnnlab.data import get_dataset, load_dataset, resolve_data_root
@@ -34,6 +40,12 @@ def register(subparsers) -> None:
         "--speedrun",
         action="store_true",
         help="instead, run --preset speedrun over --seeds seeds and time it",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead, measure what each part of the fast path adds (data in memory, "
+        "channels_last, bf16)",
     )
     p.add_argument(
         "--profile",
@@ -74,6 +86,15 @@ def run_bench_command(args: argparse.Namespace) -> int:
             f"median training time {report['training_seconds_median']:.2f} s"
         )
         print(f"Whole `cnnlab train --preset speedrun` process: {report['process_seconds']:.1f} s")
+    elif args.ablation:
+        report = ablation_bench(root, runtime, args.steps, args.repeats)
+        print_table(
+            [
+                [name, f"{rate:,.0f}", f"{report['speedup'][name]:.2f}x"]
+                for name, rate in report["images_per_second"].items()
+            ],
+            ["training loop", "images/s", "vs tutorial"],
+        )
     elif args.profile:
         rows = profile_step(runtime)
         shown = rows[:15]
