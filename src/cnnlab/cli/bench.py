@@ -17,9 +17,9 @@ from cnnlab.bench import (
     speedrun_bench,
 )
 from cnnlab.checkpoint import write_json
-from cnnlab.cli.common import add_data_dir, positive_int, print_table
+from cnnlab.cli.common import add_data_dir, add_device, positive_int, print_table
 from cnnlab.data import get_dataset, load_dataset, resolve_data_root
-from cnnlab.runtime import DEVICES, resolve_runtime
+from cnnlab.runtime import resolve_runtime
 
 
 def register(subparsers) -> None:
@@ -34,8 +34,7 @@ def register(subparsers) -> None:
         "--steps", type=positive_int, default=300, help="steps per repeat (default: 300)"
     )
     p.add_argument("--repeats", type=positive_int, default=3, help="repeats (default: 3)")
-    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default: auto)")
-    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default: auto)")
+    add_device(p, precision=True)
     p.add_argument(
         "--speedrun",
         action="store_true",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cnnlab.errors import ConfigError
+from cnnlab.runtime import DEVICES, PRECISIONS
 from cnnlab.viz import save_figure
 
 
@@ -39,6 +40,26 @@ def add_data_dir(parser: argparse.ArgumentParser, **kwargs) -> None:
         help="dataset root (default: $CNNLAB_DATA, else ~/.cache/cnnlab); missing files are "
         "downloaded there",
     )
+
+
+def add_device(parser: argparse.ArgumentParser, precision: bool = False, **kwargs) -> None:
+    """--device (and --precision), with the same choices and help everywhere."""
+    parser.add_argument(
+        "--device",
+        **({"default": "auto"} | kwargs),
+        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
+    )
+    if precision:
+        parser.add_argument(
+            "--precision",
+            **({"default": "auto"} | kwargs),
+            help=f"{', '.join(PRECISIONS)}; auto: bf16 where the hardware supports it "
+            "(default: auto)",
+        )
+
+
+def add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
 
 
 def add_subset_flags(parser: argparse.ArgumentParser, **kwargs) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from cnnlab import compare
 from cnnlab.cli.common import (
     add_data_dir,
+    add_device,
     add_subset_flags,
     non_negative_int,
     positive_int,
@@ -21,7 +22,7 @@ from cnnlab.cli.common import (
 from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, list_datasets, resolve_data_root
 from cnnlab.experiment import load_splits
-from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
+from cnnlab.runtime import resolve_runtime
 
 D = TrainConfig()  # the defaults the help texts state
 
@@ -58,16 +59,7 @@ def register(subparsers) -> None:
         "--batch-size", type=positive_int, default=D.batch_size, help=f"(default: {D.batch_size})"
     )
     p.add_argument("--lr", type=float, default=D.lr, help=f"Adam learning rate (default: {D.lr:g})")
-    p.add_argument(
-        "--device",
-        default=D.device,
-        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
-    )
-    p.add_argument(
-        "--precision",
-        default=D.precision,
-        help=f"{', '.join(PRECISIONS)}; auto: bf16 where the hardware supports it (default: auto)",
-    )
+    add_device(p, precision=True)
     p.add_argument(
         "--out",
         type=Path,

@@ -17,7 +17,9 @@ import torch
 from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import (
     add_data_dir,
+    add_device,
     add_figure_out,
+    add_run,
     non_negative_int,
     positive_int,
     print_table,
@@ -36,7 +38,7 @@ from cnnlab.evaluate import evaluate_run
 from cnnlab.experiment import run_splits
 from cnnlab.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
 from cnnlab.preprocess import to_model_input
-from cnnlab.runtime import DEVICES, resolve_runtime
+from cnnlab.runtime import resolve_runtime
 from cnnlab.viz_tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
@@ -49,7 +51,7 @@ def register(subparsers) -> None:
         description="Draw one image and the feature maps after each conv block (for the "
         "tutorial CNN: 32 maps at 14x14, then 64 at 7x7), found by hooks on the model's layers.",
     )
-    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    add_run(p)
     p.add_argument(
         "--index", type=non_negative_int, default=0, help="which image of the split (default: 0)"
     )
@@ -89,7 +91,7 @@ def register(subparsers) -> None:
         description="Draw misclassified test images, each with its true label, the predicted "
         "label and the model's confidence (softmax probability) in it.",
     )
-    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    add_run(p)
     p.add_argument(
         "--count", type=positive_int, default=32, help="at most this many images (default: 32)"
     )
@@ -104,11 +106,7 @@ def register(subparsers) -> None:
         type=positive_int,
         help="look at the first N test images (default: what the run was evaluated on)",
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
-    )
+    add_device(p)
     add_data_dir(p)
     add_figure_out(p, "mistakes.png")
     p.set_defaults(handler=run_mistakes)

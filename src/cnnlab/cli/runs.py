@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from cnnlab import viz
 from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import (
     add_data_dir,
+    add_device,
     add_figure_out,
+    add_run,
     positive_int,
     print_table,
     save_figure_to,
@@ -25,7 +26,7 @@ from cnnlab.runtime import resolve_runtime
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a trained run: accuracy, per class, confusion")
-    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    add_run(p)
     p.add_argument(
         "--split",
         choices=("test", "val"),
@@ -38,13 +39,13 @@ def register(subparsers) -> None:
         help="evaluate the first N test images (default: what the run used)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    add_device(p)
     add_data_dir(p)
     add_figure_out(p, "confusion.png")
     p.set_defaults(handler=run_eval)
 
     p = subparsers.add_parser("filters", help="draw a conv layer's learned filters")
-    p.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    add_run(p)
     p.add_argument("--layer", default=None, help="conv layer to draw (default: the first)")
     add_figure_out(p, "filters-<layer>.png")
     p.set_defaults(handler=run_filters)

@@ -7,13 +7,19 @@ import sys
 from pathlib import Path
 
 from cnnlab import checkpoint
-from cnnlab.cli.common import add_data_dir, add_subset_flags, non_negative_int, positive_int
+from cnnlab.cli.common import (
+    add_data_dir,
+    add_device,
+    add_subset_flags,
+    non_negative_int,
+    positive_int,
+)
 from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import list_datasets, resolve_data_root
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
 from cnnlab.models import list_models
-from cnnlab.runtime import DEVICES, PRECISIONS, resolve_runtime
+from cnnlab.runtime import resolve_runtime
 
 D = TrainConfig()  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
@@ -52,14 +58,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="subtract the dataset mean and divide by its std after x/255 (default: x/255 only)",
     )
-    p.add_argument(
-        "--device",
-        help=f"{', '.join(DEVICES)}; auto picks cuda, then mps, then cpu (default: auto)",
-    )
-    p.add_argument(
-        "--precision",
-        help=f"{', '.join(PRECISIONS)}; auto: bf16 where the hardware supports it (default: auto)",
-    )
+    add_device(p, precision=True, default=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="use torch.compile (default: off)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)")
     p.add_argument(
