@@ -6,8 +6,11 @@ global settings.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +85,41 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+MMAP_THRESHOLD = 64 << 20  # bytes: smaller blocks come from the heap and are reused
+TRIM_THRESHOLD = 512 << 20  # bytes of free heap top kept before returning it to the system
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from returning each freed activation buffer to the kernel.
+
+    By default glibc serves large blocks with mmap and unmaps them on free, adjusting its
+    threshold as it goes; depending on the order of allocations a training process then takes
+    millions of page faults per epoch and runs up to 40% slower (BENCHMARKS.md). Fixed
+    thresholds keep the step's buffers in the heap. Linux with glibc only; True if applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl) or no libc found
+        return False
+    return bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):
+    """Device, precision and threads for a process that trains or predicts.
+
+    Sets process-wide state once, as the CLI's entry: the thread count when given, and glibc's
+    allocator thresholds (`keep_freed_memory`).
+    """
     dev = resolve_device(device)
+    keep_freed_memory()
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {threads}")
