@@ -259,7 +259,7 @@ def test_mistakes_lists_exactly_the_wrong_predictions(trained, root, capsys):
     assert main(["mistakes", str(run), "--data-dir", str(root), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     channels_last = load_run(run).config["runtime"]["channels_last"]  # as the run trained
-    loaded = load_run(run, channels_last=channels_last)
+    loaded = load_run(run)
     _, test = load_dataset(get_dataset("mnist"), root)
     norm = Normalization.from_json(loaded.config["normalization"])
     logits = predict_logits(loaded.model, test.images, norm, channels_last=channels_last)

@@ -58,13 +58,13 @@ def test_save_load_gives_identical_predictions(fake_root, tmp_path):
     runtime = resolve_runtime("cpu", "fp32")
     config = TrainConfig(epochs=1, normalize=True)
     result = train_run(config, runtime, fake_root, tmp_path / "run", log=lambda _: None)
-    loaded = load_run(tmp_path / "run", channels_last=runtime.channels_last)
+    loaded = load_run(tmp_path / "run")
     images = load_splits(config, fake_root).test.images
     norm = get_dataset("mnist").normalization(True)
     expected = predict_logits(result.model, images, norm)
     assert torch.equal(predict_logits(loaded.model, images, norm), expected)
     for name in ("model.safetensors", "checkpoint.safetensors"):
-        from_file = load_run(tmp_path / "run" / name, channels_last=runtime.channels_last)
+        from_file = load_run(tmp_path / "run" / name)
         assert torch.equal(predict_logits(from_file.model, images, norm), expected)
     plain = predict_logits(load_run(tmp_path / "run").model, images, norm)  # default layout
     assert torch.allclose(plain, expected, atol=1e-4)

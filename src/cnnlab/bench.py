@@ -33,7 +33,7 @@ from cnnlab.models import ModelConfig, create_model
 from cnnlab.preprocess import Normalization, to_model_input
 from cnnlab.runtime import Runtime, seed_everything
 from cnnlab.summary import summarize
-from cnnlab.train import fit, make_optimizer, train_one_epoch, train_step
+from cnnlab.train import build_model, fit, make_optimizer, train_one_epoch, train_step
 
 CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
 
@@ -102,9 +102,7 @@ def cnnlab_loop(data_root: Path, runtime: Runtime, steps: int, config: TrainConf
     spec = get_dataset(config.dataset)
     train, _ = load_dataset(spec, data_root)
     split = train.subset(slice(0, steps * config.batch_size)).to(runtime.device)
-    model = create_model(config.model_config()).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config, runtime)
     optimizer = make_optimizer(config, model.parameters())
     loader = DeviceLoader(
         split,
@@ -166,16 +164,13 @@ def run_bench(
             f"  repeat {r + 1}/{repeats}: tutorial {tutorial_rates[-1]:,.0f} img/s, "
             f"cnnlab {our_rates[-1]:,.0f} img/s"
         )
-    model = create_model(config.model_config())
+    model = build_model(config, runtime).eval()
     flops = forward_flops_per_image(model, get_dataset(config.dataset).shape)
     limits = {p: conv_limit_gflops(p) for p in ("bf16", "fp32")}
     tutorial_ips = statistics.median(tutorial_rates)
     our_ips = statistics.median(our_rates)
     achieved = our_ips * 3 * flops / 1e9  # training taken as 3x the forward pass
     limit = limits["bf16"] if runtime.precision == "bf16" else limits["fp32"]
-    model = model.to(runtime.device).eval()
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     return {
         "device": runtime.to_json(),
         "torch": torch.__version__,
@@ -315,9 +310,7 @@ def profile_step(runtime: Runtime, config: TrainConfig | None = None, steps: int
 
     config = config or TrainConfig()
     spec = get_dataset(config.dataset)
-    model = create_model(config.model_config()).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config, runtime)
     optimizer = make_optimizer(config, model.parameters())
     images = torch.randint(0, 256, (config.batch_size, *spec.shape), dtype=torch.uint8)
     x = to_model_input(images.to(runtime.device), channels_last=runtime.channels_last)

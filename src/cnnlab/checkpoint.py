@@ -208,13 +208,11 @@ def find_run(path: Path) -> tuple[Path, Path]:
     return path, weights
 
 
-def load_run(
-    path: Path, device: torch.device | str = "cpu", channels_last: bool = False
-) -> LoadedRun:
+def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a trained model from a run folder (or a weights file inside one), in eval mode.
 
-    `channels_last` picks the memory layout the run trained with, so its predictions are
-    bit-identical to the trained model's (the layouts round differently in the last bits).
+    Predict through `cnnlab.evaluate.Predictor` with the run's memory layout (as `evaluate_run`
+    does) and the predictions are bit-identical to the trained model's.
     """
     run_dir, weights_path = find_run(path)
     config = read_json(run_dir / CONFIG_FILE)
@@ -225,8 +223,6 @@ def load_run(
         tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     load_weights(model, tensors, weights_path)
     model.to(device).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir, config, model_config, model)
 
 

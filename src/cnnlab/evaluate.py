@@ -51,8 +51,10 @@ class Predictor:
         except (TraceError, TypeError, RuntimeError, NotImplementedError):
             self.model = copy.deepcopy(model)
         model.train(was_training)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # The copy's layout is set here, whatever the source model's: the same weights then give
+        # the same bits whether the model comes from training or from a run folder.
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=layout)
         self.device = next(model.parameters()).device
         self.norm = norm
         self.precision = precision
@@ -164,7 +166,5 @@ def prediction_settings(run_config: dict, runtime: Runtime) -> tuple[str, bool]:
 def evaluate_run(run, split: Split, runtime: Runtime) -> EvalReport:
     """`evaluate` a `LoadedRun` the way it evaluated itself during training."""
     precision, channels_last = prediction_settings(run.config, runtime)
-    if channels_last:
-        run.model.to(memory_format=torch.channels_last)
     norm = run.normalization
     return evaluate(run.model, split.to(runtime.device), norm, 1000, precision, channels_last)
