@@ -67,32 +67,51 @@ def conv_limit_gflops(precision: str, repeats: int = 5, iters: int = 20) -> floa
     return statistics.median(rates)
 
 
-def tutorial_loop(data_root: Path, steps: int) -> Callable[[], float]:
-    """A function that runs `steps` of the tutorial's loop and returns images/s."""
+def tutorial_loader(data_root: Path, train: bool):
+    """The tutorial's data: torchvision's MNIST with `ToTensor`, batch 64, `num_workers=0`."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    train_data = datasets.MNIST(
-        root=str(data_root), train=True, download=False, transform=transforms.ToTensor()
+    data = datasets.MNIST(
+        root=str(data_root), train=train, download=False, transform=transforms.ToTensor()
     )
-    train_loader = DataLoader(train_data, batch_size=64, shuffle=True)
+    return DataLoader(data, batch_size=64, shuffle=train)
+
+
+def tutorial_model():
+    """The tutorial's model, loss and optimizer: cnn, cross-entropy, Adam 1e-3, fp32."""
     model = create_model(ModelConfig("cnn"))
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, torch.nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def tutorial_steps(model, criterion, optimizer, loader, steps: int | None = None) -> int:
+    """The tutorial's training loop as it is written, for `steps` batches (None: one epoch).
+
+    Returns the number of images it trained on.
+    """
+    model.train()
+    epoch_loss, images = 0.0, 0
+    for step, (X, y) in enumerate(loader):
+        if step == steps:
+            break
+        optimizer.zero_grad()
+        loss = criterion(model(X), y)
+        loss.backward()
+        optimizer.step()
+        epoch_loss += loss.item()
+        images += len(y)
+    return images
+
+
+def tutorial_loop(data_root: Path, steps: int) -> Callable[[], float]:
+    """A function that runs `steps` of the tutorial's loop and returns images/s."""
+    loader = tutorial_loader(data_root, train=True)
+    model, criterion, optimizer = tutorial_model()
 
     def run() -> float:
-        model.train()
-        epoch_loss = 0.0
         start = time.perf_counter()
-        for step, (X, y) in enumerate(train_loader):
-            if step == steps:
-                break
-            optimizer.zero_grad()
-            loss = criterion(model(X), y)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item()
-        return steps * 64 / (time.perf_counter() - start)
+        images = tutorial_steps(model, criterion, optimizer, loader, steps)
+        return images / (time.perf_counter() - start)
 
     return run
 
@@ -241,32 +260,18 @@ def speedrun_bench(
 
 def tutorial_training(data_root: Path, seed: int, epochs: int = 5) -> float:
     """The tutorial's whole program (fp32, DataLoader, Adam 1e-3, batch 64): its test accuracy."""
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
     seed_everything(seed)
-    transform = transforms.ToTensor()
-    root = str(data_root)
-    train_data = datasets.MNIST(root=root, train=True, download=False, transform=transform)
-    test_data = datasets.MNIST(root=root, train=False, download=False, transform=transform)
-    train_loader = DataLoader(train_data, batch_size=64, shuffle=True)
-    test_loader = DataLoader(test_data, batch_size=64)
-    model = create_model(ModelConfig("cnn"))
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_loader = tutorial_loader(data_root, train=True)
+    model, criterion, optimizer = tutorial_model()
     for _ in range(epochs):
-        model.train()
-        for X, y in train_loader:
-            optimizer.zero_grad()
-            loss = criterion(model(X), y)
-            loss.backward()
-            optimizer.step()
+        tutorial_steps(model, criterion, optimizer, train_loader)
     model.eval()
-    correct = 0
+    correct, total = 0, 0
     with torch.no_grad():
-        for X, y in test_loader:
+        for X, y in tutorial_loader(data_root, train=False):
             correct += (model(X).argmax(dim=1) == y).sum().item()
-    return correct / len(test_data)
+            total += len(y)
+    return correct / total
 
 
 def accuracy_bench(
