@@ -230,7 +230,9 @@ def fit(
         metrics = list(resume.metrics)
         history = [resume.step_losses]
         start_epoch = resume.epochs_done
-    train = splits.train.to(runtime.device)
+    train = splits.train.to(runtime.device)  # each split moves to the device once
+    val = splits.val.to(runtime.device) if splits.val is not None else None
+    test = splits.test.to(runtime.device)
     loader = DeviceLoader(train, config.batch_size, True, config.seed, norm, runtime.channels_last)
     total_steps = len(loader) * config.epochs
     step_model = model
@@ -264,11 +266,11 @@ def fit(
                 "seconds": seconds,
                 "images_per_second": len(train) / seconds,
             }
-            if splits.val is not None:
-                val = evaluate(model, splits.val.to(runtime.device), *eval_args)
-                record |= {"val_accuracy": val.accuracy, "val_loss": val.loss}
+            if val is not None:
+                val_report = evaluate(model, val, *eval_args)
+                record |= {"val_accuracy": val_report.accuracy, "val_loss": val_report.loss}
             if epoch + 1 == config.epochs:
-                test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
+                test_report = evaluate(model, test, *eval_args)
                 record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
             metrics.append(record)
             if run_dir is not None:
@@ -276,7 +278,7 @@ def fit(
                 checkpoint.save_epoch(run_dir, model, optimizer, metrics, step, torch.cat(history))
             log(epoch_line(record))
         if test_report is None:  # resumed a run that had already finished all its epochs
-            test_report = evaluate(model, splits.test.to(runtime.device), *eval_args)
+            test_report = evaluate(model, test, *eval_args)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
 
 
