@@ -20,21 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import checkpoint
-from cnnlab.checkpoint import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    atomic_write_bytes,
-    load_run,
-    load_safetensors,
-    load_training_state,
-    save_safetensors,
-)
+from cnnlab import checkpoint, files
+from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_training_state
 from cnnlab.cli import main
 from cnnlab.errors import CheckpointError, OutputError
+from cnnlab.files import atomic_write_bytes, load_safetensors, save_safetensors
 from cnnlab.models import ModelConfig, create_model
+from cnnlab.run import METRICS_FILE, load_run
 from tests.conftest import one_error_line, write_fake_dataset
 
 
@@ -143,9 +135,9 @@ def test_failure_in_the_middle_of_the_write(tmp_path, monkeypatch):
         with builtins.open(file, mode) as real:
             yield HalfWriter(real)
 
-    monkeypatch.setattr(checkpoint, "open", half_open, raising=False)
+    monkeypatch.setattr(files, "open", half_open, raising=False)
     with pytest.raises(OutputError, match="No space left on device") as info:
-        checkpoint.write_json(path, {"model": "x" * 1000})
+        files.write_json(path, {"model": "x" * 1000})
     assert str(path) in str(info.value)
     assert opened and opened[0] != path  # the data went to a temporary file, not the target
     assert json.loads(path.read_text()) == {"previous": True}
@@ -181,7 +173,9 @@ def test_unwritable_destination_is_one_typed_error(tmp_path, where):
 
 def test_failed_weights_save_keeps_loadable_previous_weights(tmp_path, monkeypatch):
     config = ModelConfig("mlp", options={"hidden": 8})
-    checkpoint.write_json(tmp_path / CONFIG_FILE, {"model": config.to_json()})
+    files.write_json(
+        tmp_path / CONFIG_FILE, {"model": config.to_json(), "dataset": {"name": "mnist"}}
+    )
     torch.manual_seed(0)
     first = create_model(config)
     checkpoint.save_weights(tmp_path, first)
@@ -512,3 +506,11 @@ def test_untampered_checkpoint_loads(run_copy):
     assert state.epochs_done == 1
     assert state.global_step == 1  # 64 images in one batch of 64
     assert len(state.step_losses) == 1
+
+
+def test_a_run_config_without_a_dataset_is_refused_not_guessed(tmp_path):
+    config = ModelConfig("mlp", options={"hidden": 8})
+    files.write_json(tmp_path / CONFIG_FILE, {"model": config.to_json()})
+    checkpoint.save_weights(tmp_path, create_model(config))
+    with pytest.raises(CheckpointError, match="no dataset recorded"):
+        load_run(tmp_path)

@@ -10,8 +10,8 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from cnnlab.checkpoint import read_metrics
 from cnnlab.cli import main
+from cnnlab.run import read_metrics
 from tests.conftest import strip_timing
 
 PNG = b"\x89PNG\r\n\x1a\n"

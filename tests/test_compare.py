@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import compare
 from cnnlab.cli import main
 from cnnlab.config import TrainConfig
-from cnnlab.data import get_dataset, load_dataset, make_splits
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_dataset
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import resolve_runtime
+from cnnlab.teach import compare
 from cnnlab.train import fit
 from cnnlab.viz import save_figure
-from cnnlab.viz_tutorial import comparison_figure
+from cnnlab.viz.tutorial import comparison_figure
 from tests.conftest import write_fake_dataset
 
 

@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.data import (
-    DeviceLoader,
-    Split,
-    get_dataset,
-    is_present,
-    list_datasets,
-    load_dataset,
-    make_splits,
-    resolve_data_root,
-)
+from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.preprocess import Normalization, to_model_input
+from cnnlab.data.sources import is_present, load_dataset, resolve_data_root
+from cnnlab.data.splits import Split, make_splits
 from cnnlab.errors import ConfigError
-from cnnlab.preprocess import Normalization, to_model_input
 
 
 def test_registry_has_mnist_and_fashion_mnist():

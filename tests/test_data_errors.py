@@ -17,7 +17,8 @@ import torch
 import torchvision.datasets
 
 from cnnlab.cli import main
-from cnnlab.data import DATASETS, get_dataset, load_dataset
+from cnnlab.data import DATASETS, get_dataset
+from cnnlab.data.sources import load_dataset
 from cnnlab.errors import DataError
 from tests.conftest import idx_bytes, one_error_line, write_fake_dataset
 

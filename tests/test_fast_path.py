@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from cnnlab import runtime as runtime_module
 from cnnlab.bench import ablation_bench, forward_flops_per_image, profile_step, run_bench
 from cnnlab.config import TrainConfig, preset_config
-from cnnlab.data import get_dataset, load_dataset, make_splits
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_dataset
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import Predictor, autocast
 from cnnlab.models import ModelConfig, count_parameters, create_model, list_models
-from cnnlab.runtime import Runtime, resolve_precision, resolve_runtime
+from cnnlab.predict import Predictor
+from cnnlab.runtime import Runtime, autocast, resolve_precision, resolve_runtime
 from cnnlab.train import fit, make_optimizer
 
 CPU = torch.device("cpu")
@@ -157,7 +159,7 @@ def test_speedrun_preset_and_model():
 def test_speedrun_on_real_mnist(data_root):
     """One epoch of the preset, seed 0. Measured 0.992 (BENCHMARKS.md: mean over 10 seeds)."""
     config = preset_config("speedrun")
-    from cnnlab.experiment import load_splits
+    from cnnlab.run import load_splits
 
     result = fit(config, load_splits(config, data_root), resolve_runtime("cpu"), log=lambda _: None)
     assert result.test_accuracy >= 0.988

@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import cnnlab.experiment
+import cnnlab.run
 import cnnlab.train
-from cnnlab.checkpoint import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    load_safetensors,
-)
+from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 from cnnlab.cli import main
+from cnnlab.files import load_safetensors
+from cnnlab.run import METRICS_FILE
 from tests.conftest import one_error_line
 
 SMALL = ["--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--quiet"]
@@ -42,7 +38,7 @@ def _restore_threads():
 def _no_figures(monkeypatch):
     """Skip loss.png and filters.png: drawing them is most of a small run's time, and no fault
     tested here involves them (viz and atomic writes are tested on their own)."""
-    monkeypatch.setattr(cnnlab.experiment, "write_run_figures", lambda run_dir, result: None)
+    monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
 
 
 def train(root: Path, out: Path | None, *flags: str) -> int:

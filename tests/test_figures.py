@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.checkpoint import load_run
 from cnnlab.cli import main
-from cnnlab.data import get_dataset, load_dataset
+from cnnlab.data import get_dataset
+from cnnlab.data.preprocess import Normalization
+from cnnlab.data.sources import load_dataset
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import predict_logits
-from cnnlab.featuremaps import block_outputs, capture_feature_maps
 from cnnlab.models import ModelConfig, conv_layer_names, create_model, list_models
-from cnnlab.preprocess import Normalization
-from cnnlab.viz_tutorial import feature_maps_figure, sample_grid, stage_mosaic
+from cnnlab.predict import EvalSettings, predict_logits
+from cnnlab.run import load_run
+from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps
+from cnnlab.viz.tutorial import feature_maps_figure, sample_grid, stage_mosaic
 from tests.conftest import write_fake_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -185,7 +186,9 @@ def test_featuremaps_command(trained, root, capsys):
     loaded = load_run(run)
     _, test = load_dataset(get_dataset("mnist"), root)
     norm = Normalization.from_json(loaded.config["normalization"])
-    probs = predict_logits(loaded.model, test.images[7:8], norm).softmax(dim=1)[0]
+    probs = predict_logits(loaded.model, test.images[7:8], EvalSettings(norm=norm)).softmax(dim=1)[
+        0
+    ]
     label, predicted = int(test.labels[7]), int(probs.argmax())
     assert f"label {label}, predicted {predicted} ({float(probs.max()):.1%})" in out
 
@@ -262,7 +265,9 @@ def test_mistakes_lists_exactly_the_wrong_predictions(trained, root, capsys):
     loaded = load_run(run)
     _, test = load_dataset(get_dataset("mnist"), root)
     norm = Normalization.from_json(loaded.config["normalization"])
-    logits = predict_logits(loaded.model, test.images, norm, channels_last=channels_last)
+    logits = predict_logits(
+        loaded.model, test.images, EvalSettings(norm=norm, channels_last=channels_last)
+    )
     probs = logits.softmax(dim=1)
     confidence, predicted = probs.max(dim=1)
     wrong = (predicted != test.labels).nonzero().flatten().tolist()

@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cnnlab.data.idx import parse_idx, read_idx, read_idx_pair
 from cnnlab.errors import DataError
-from cnnlab.idx import parse_idx, read_idx, read_idx_pair
 from tests.conftest import idx_bytes
 
 PROPERTY_SETTINGS = settings(

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cnnlab import layers
 from cnnlab.errors import ConfigError
+from cnnlab.teach import layers
 
 EXAMPLES = settings(max_examples=40, deadline=None)
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}  # float64 throughout

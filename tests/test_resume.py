@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cnnlab.checkpoint import read_metrics
 from cnnlab.cli import main
+from cnnlab.run import read_metrics
 from tests.conftest import strip_timing, write_fake_dataset
 
 

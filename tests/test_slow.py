@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data import get_dataset, load_dataset, make_splits
-from cnnlab.experiment import load_splits
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_dataset
+from cnnlab.data.splits import make_splits
+from cnnlab.run import load_splits
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import fit
 

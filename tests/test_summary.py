@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, create_model, list_models
-from cnnlab.summary import (
+from cnnlab.teach.summary import (
     conv2d_count,
     linear_count,
     parse_shape,

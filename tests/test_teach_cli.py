@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab import explain
 from cnnlab.cli import build_parser, main
 from cnnlab.models import ModelConfig, create_model, list_models
+from cnnlab.teach import explain
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from cnnlab.checkpoint import load_run
 from cnnlab.config import TrainConfig
-from cnnlab.data import get_dataset, load_dataset, make_splits
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_dataset
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import predict_logits
-from cnnlab.experiment import load_splits, train_run
+from cnnlab.predict import EvalSettings, predict_logits
+from cnnlab.run import load_run, load_splits, train_run
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import fit, lr_at
 from tests.conftest import strip_timing
@@ -61,12 +62,16 @@ def test_save_load_gives_identical_predictions(fake_root, tmp_path):
     loaded = load_run(tmp_path / "run")
     images = load_splits(config, fake_root).test.images
     norm = get_dataset("mnist").normalization(True)
-    expected = predict_logits(result.model, images, norm)
-    assert torch.equal(predict_logits(loaded.model, images, norm), expected)
+    expected = predict_logits(result.model, images, EvalSettings(norm=norm))
+    assert torch.equal(predict_logits(loaded.model, images, EvalSettings(norm=norm)), expected)
     for name in ("model.safetensors", "checkpoint.safetensors"):
         from_file = load_run(tmp_path / "run" / name)
-        assert torch.equal(predict_logits(from_file.model, images, norm), expected)
-    plain = predict_logits(load_run(tmp_path / "run").model, images, norm)  # default layout
+        assert torch.equal(
+            predict_logits(from_file.model, images, EvalSettings(norm=norm)), expected
+        )
+    plain = predict_logits(
+        load_run(tmp_path / "run").model, images, EvalSettings(norm=norm)
+    )  # default layout
     assert torch.allclose(plain, expected, atol=1e-4)
 
 

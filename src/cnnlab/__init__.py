@@ -8,16 +8,10 @@
 
 __version__ = "0.1.0"
 
-from cnnlab.checkpoint import load_run  # noqa: E402
 from cnnlab.config import TrainConfig, preset_config  # noqa: E402
-from cnnlab.data import (  # noqa: E402
-    DeviceLoader,
-    get_dataset,
-    list_datasets,
-    load_dataset,
-    make_splits,
-    resolve_data_root,
-)
+from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data.sources import load_dataset, resolve_data_root
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import (  # noqa: E402
     CheckpointError,
     CnnlabError,
@@ -25,7 +19,7 @@ from cnnlab.errors import (  # noqa: E402
     DataError,
     TrainingError,
 )
-from cnnlab.evaluate import confusion_matrix, evaluate  # noqa: E402
+from cnnlab.metrics import confusion_matrix, evaluate
 from cnnlab.models import (  # noqa: E402
     ModelConfig,
     count_parameters,
@@ -33,6 +27,7 @@ from cnnlab.models import (  # noqa: E402
     list_models,
     register_model,
 )
+from cnnlab.run import load_run
 from cnnlab.runtime import resolve_runtime, seed_everything  # noqa: E402
 from cnnlab.train import fit, train_one_epoch  # noqa: E402
 

@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import TrainConfig, preset_config
-from cnnlab.data import DeviceLoader, get_dataset, load_dataset
-from cnnlab.evaluate import Predictor
-from cnnlab.experiment import load_splits
+from cnnlab.data import get_dataset
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.preprocess import to_model_input
+from cnnlab.data.sources import load_dataset
 from cnnlab.models import ModelConfig, create_model
-from cnnlab.preprocess import Normalization, to_model_input
+from cnnlab.predict import EvalSettings, Predictor
+from cnnlab.run import load_splits
 from cnnlab.runtime import Runtime, seed_everything
-from cnnlab.summary import summarize
+from cnnlab.teach.summary import summarize
 from cnnlab.train import build_model, fit, make_optimizer, train_one_epoch, train_step
 
 CONV2_SHAPE = dict(batch=512, in_channels=32, out_channels=64, size=14, kernel=3)
@@ -146,7 +148,12 @@ def cnnlab_loop(data_root: Path, runtime: Runtime, steps: int, config: TrainConf
 
 def inference_throughput(model, runtime: Runtime, batch: int, repeats: int = 5) -> float:
     """Median images/s of a `Predictor` (eval mode, folded batch norm) at one batch size."""
-    predictor = Predictor(model, Normalization(), runtime.precision, runtime.channels_last, batch)
+    predictor = Predictor(
+        model,
+        EvalSettings(
+            batch_size=batch, precision=runtime.precision, channels_last=runtime.channels_last
+        ),
+    )
     count = 200 if batch == 1 else batch
     images = torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, device=runtime.device)
 

@@ -1,7 +1,8 @@
 """Where and how training runs: device, precision, memory format, threads, seeding.
 
-The CLI resolves these once (`resolve_runtime`) and passes the result down; library code reads no
-global settings.
+The CLI resolves these once (`resolve_runtime`, pure) and passes the result down; the one function
+that changes the process (`configure_process`) is called once by the entry point. Library code
+reads no global settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ctypes.util
 import os
 import random
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,24 +114,46 @@ def keep_freed_memory() -> bool:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):
-    """Device, precision and threads for a process that trains or predicts.
+def configure_process(threads: int | None = None) -> None:
+    """Change the process-wide settings a training or predicting process needs, once.
 
-    Sets process-wide state once, as the CLI's entry: the thread count when given, and glibc's
-    allocator thresholds (`keep_freed_memory`).
+    The entry point (the command line, a script) calls this; importing cnnlab or resolving a
+    runtime changes nothing global. Sets the thread count when given, and glibc's allocator
+    thresholds (`keep_freed_memory`).
     """
-    dev = resolve_device(device)
     keep_freed_memory()
     if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        check_threads(threads)
         torch.set_num_threads(threads)
+
+
+def check_threads(threads: int) -> None:
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):
+    """Device, precision, memory layout and thread count for training or predicting.
+
+    Pure: it reads the machine and returns a `Runtime`; `configure_process` applies a thread
+    count. `threads` is recorded as given, else the process's current count.
+    """
+    dev = resolve_device(device)
+    if threads is not None:
+        check_threads(threads)
     return Runtime(
         device=dev,
         precision=resolve_precision(precision, dev),
         channels_last=dev.type in ("cpu", "cuda"),
-        threads=torch.get_num_threads(),
+        threads=threads if threads is not None else torch.get_num_threads(),
     )
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for `precision == "bf16"`, otherwise a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def device_name(device: torch.device) -> str:

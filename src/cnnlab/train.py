@@ -1,6 +1,6 @@
 """Training: the optimizer, the learning-rate schedule, the training step, `train_one_epoch`, `fit`.
 
-    >>> result = fit(TrainConfig(epochs=1), splits, resolve_runtime(), run_dir=Path("runs/demo"))
+    >>> result = fit(TrainConfig(epochs=1), splits, resolve_runtime())
     >>> result.test_accuracy
 
 `fit` returns its metrics so tests and other commands (compare, bench) call it directly.
@@ -13,19 +13,21 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab import checkpoint
+from cnnlab.checkpoint import TrainingState
 from cnnlab.config import TrainConfig
-from cnnlab.data import DataSplits, DeviceLoader, get_dataset
+from cnnlab.data import get_dataset
+from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.preprocess import to_model_input
+from cnnlab.data.splits import DataSplits, Split
 from cnnlab.errors import TrainingError
-from cnnlab.evaluate import autocast, evaluate
+from cnnlab.metrics import evaluate
 from cnnlab.models import create_model
-from cnnlab.preprocess import to_model_input
-from cnnlab.runtime import Runtime, seed_everything
+from cnnlab.predict import EvalSettings
+from cnnlab.runtime import Runtime, autocast, seed_everything
 
 FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
 
@@ -162,7 +164,7 @@ def out_of_memory_hint(device: torch.device, batch_size: int):
         ) from None
 
 
-def restore(model, optimizer, state: checkpoint.TrainingState) -> None:
+def restore(model, optimizer, state: TrainingState) -> None:
     """Load weights, optimizer state and RNG state for an exact resume.
 
     Optimizer moments come back from safetensors in the default layout; a fused optimizer walks
@@ -207,40 +209,86 @@ class FitResult:
     step_losses: torch.Tensor
 
 
+@dataclass
+class EpochEnd:
+    """What a completed epoch hands to `fit`'s `on_epoch` hook (saving, logging, reducing)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    metrics: list[dict]  # every completed epoch so far, this one last
+    global_step: int
+    step_losses: torch.Tensor  # (steps so far,)
+
+
+@dataclass
+class DeviceSplits:
+    """The splits on the training device, each moved there once."""
+
+    train: Split
+    val: Split | None
+    test: Split
+
+    @classmethod
+    def of(cls, splits: DataSplits, device: torch.device) -> DeviceSplits:
+        val = splits.val.to(device) if splits.val is not None else None
+        return cls(splits.train.to(device), val, splits.test.to(device))
+
+
+def start_training(config: TrainConfig, runtime: Runtime, resume: TrainingState | None):
+    """Seed, build the model and optimizer, and restore `resume`: (model, optimizer, epoch)."""
+    seed_everything(config.seed)
+    model = build_model(config, runtime)
+    optimizer = make_optimizer(config, model.parameters())
+    if resume is None:
+        return model, optimizer, 0
+    restore(model, optimizer, resume)
+    return model, optimizer, resume.epochs_done
+
+
+def epoch_record(epoch: int, result: EpochResult, lr: float, seconds: float, images: int) -> dict:
+    return {
+        "epoch": epoch + 1,
+        "loss": result.loss,
+        "train_accuracy": result.accuracy,
+        "lr": lr,
+        "seconds": seconds,
+        "images_per_second": images / seconds,
+    }
+
+
 def fit(
     config: TrainConfig,
     splits: DataSplits,
     runtime: Runtime,
-    run_dir: Path | None = None,
-    resume: checkpoint.TrainingState | None = None,
+    resume: TrainingState | None = None,
+    on_epoch: Callable[[EpochEnd], None] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> FitResult:
-    """Train `config` on `splits`; with `run_dir`, write the run files after every epoch."""
-    spec = get_dataset(config.dataset)
+    """Train `config` on `splits`; `on_epoch` runs after each completed epoch (run.py saves there).
+
+    The steps are separate functions (`start_training`, `train_one_epoch`, `evaluate`) so that
+    a distributed run can enter between them: shard the loader, reduce the counts, save on one
+    process only.
+    """
+    spec = splits.spec or get_dataset(config.dataset)
     norm = spec.normalization(config.normalize)
-    seed_everything(config.seed)
-    model = build_model(config, runtime)
-    optimizer = make_optimizer(config, model.parameters())
-    metrics: list[dict] = []
-    history = [torch.zeros(0)]
-    start_epoch = 0
-    if resume is not None:
-        restore(model, optimizer, resume)
-        metrics = list(resume.metrics)
-        history = [resume.step_losses]
-        start_epoch = resume.epochs_done
-    train = splits.train.to(runtime.device)  # each split moves to the device once
-    val = splits.val.to(runtime.device) if splits.val is not None else None
-    test = splits.test.to(runtime.device)
-    loader = DeviceLoader(train, config.batch_size, True, config.seed, norm, runtime.channels_last)
+    model, optimizer, start_epoch = start_training(config, runtime, resume)
+    metrics = list(resume.metrics) if resume else []
+    history = [resume.step_losses] if resume else [torch.zeros(0)]
+    data = DeviceSplits.of(splits, runtime.device)
+    loader = DeviceLoader(
+        data.train, config.batch_size, True, config.seed, norm, runtime.channels_last
+    )
     total_steps = len(loader) * config.epochs
     step_model = model
     if config.compile:
         step_model = torch.compile(model)
         seconds = compile_warmup(step_model, model, loader, runtime)
         log(f"Compiled in {seconds:.1f}s (warm-up, not counted in the epoch times)")
-    eval_args = (norm, 1000, runtime.precision, runtime.channels_last)
+    settings = EvalSettings(
+        norm=norm, precision=runtime.precision, channels_last=runtime.channels_last
+    )
     test_report = None
     with out_of_memory_hint(runtime.device, config.batch_size):
         for epoch in range(start_epoch, config.epochs):
@@ -258,27 +306,21 @@ def fit(
             )
             seconds = time.perf_counter() - started
             history.append(result.step_losses)
-            record = {
-                "epoch": epoch + 1,
-                "loss": result.loss,
-                "train_accuracy": result.accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_second": len(train) / seconds,
-            }
-            if val is not None:
-                val_report = evaluate(model, val, *eval_args)
+            lr = optimizer.param_groups[0]["lr"]
+            record = epoch_record(epoch, result, lr, seconds, len(data.train))
+            if data.val is not None:
+                val_report = evaluate(model, data.val, settings)
                 record |= {"val_accuracy": val_report.accuracy, "val_loss": val_report.loss}
             if epoch + 1 == config.epochs:
-                test_report = evaluate(model, test, *eval_args)
+                test_report = evaluate(model, data.test, settings)
                 record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
             metrics.append(record)
-            if run_dir is not None:
+            if on_epoch is not None:
                 step = (epoch + 1) * len(loader)
-                checkpoint.save_epoch(run_dir, model, optimizer, metrics, step, torch.cat(history))
+                on_epoch(EpochEnd(model, optimizer, metrics, step, torch.cat(history)))
             log(epoch_line(record))
         if test_report is None:  # resumed a run that had already finished all its epochs
-            test_report = evaluate(model, test, *eval_args)
+            test_report = evaluate(model, data.test, settings)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
 
 

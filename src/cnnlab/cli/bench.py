@@ -16,10 +16,10 @@ from cnnlab.bench import (
     run_bench,
     speedrun_bench,
 )
-from cnnlab.checkpoint import write_json
-from cnnlab.cli.common import add_data_dir, add_device, positive_int, print_table
-from cnnlab.data import get_dataset, load_dataset, resolve_data_root
-from cnnlab.runtime import resolve_runtime
+from cnnlab.cli.common import add_data_dir, add_device, positive_int, print_table, runtime_for
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_dataset, resolve_data_root
+from cnnlab.files import write_json
 
 
 def register(subparsers) -> None:
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    runtime = resolve_runtime(args.device, args.precision)
+    runtime = runtime_for(args.device, args.precision)
     root = resolve_data_root(args.data_dir)
     if not args.profile:  # the profile runs on random images
         load_dataset(get_dataset("mnist"), root)  # present (or downloaded) before any timing

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import add_data_dir, print_table
-from cnnlab.data import DATASETS, get_dataset, is_present, list_datasets, resolve_data_root
+from cnnlab.data import DATASETS, get_dataset, list_datasets
+from cnnlab.data.sources import is_present, resolve_data_root
 from cnnlab.models import ModelConfig, count_parameters, create_model, get_model_entry, list_models
 
 

@@ -130,3 +130,11 @@ def save_figure_to(fig, out: Path | None, run_dir: Path | None, default_name: st
         return save_figure(fig, path)
     except OSError as err:
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def runtime_for(device: str, precision: str, threads: int | None = None):
+    """The command's `Runtime`, after the process-wide settings are applied (once, here)."""
+    from cnnlab.runtime import configure_process, resolve_runtime
+
+    configure_process(threads)
+    return resolve_runtime(device, precision, threads)

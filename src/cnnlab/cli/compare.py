@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab import compare
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
@@ -18,11 +17,13 @@ from cnnlab.cli.common import (
     non_negative_int,
     positive_int,
     print_table,
+    runtime_for,
 )
 from cnnlab.config import TrainConfig
-from cnnlab.data import get_dataset, list_datasets, resolve_data_root
-from cnnlab.experiment import load_splits
-from cnnlab.runtime import resolve_runtime
+from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data.sources import resolve_data_root
+from cnnlab.run import load_splits
+from cnnlab.teach import compare
 
 D = TrainConfig()  # the defaults the help texts state
 
@@ -90,7 +91,7 @@ def run_compare(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
-    runtime = resolve_runtime(recipe.device, recipe.precision)
+    runtime = runtime_for(recipe.device, recipe.precision)
     out_dir = compare.prepare_compare_dir(args.out or compare.default_compare_dir(), args.overwrite)
     spec = get_dataset(recipe.dataset)
     shape = "x".join(map(str, spec.shape))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
@@ -23,23 +22,18 @@ from cnnlab.cli.common import (
     non_negative_int,
     positive_int,
     print_table,
+    runtime_for,
     save_figure_to,
 )
-from cnnlab.data import (
-    DatasetSpec,
-    Split,
-    get_dataset,
-    list_datasets,
-    load_dataset,
-    resolve_data_root,
-)
+from cnnlab.data import DatasetSpec, get_dataset, list_datasets
+from cnnlab.data.preprocess import to_model_input
+from cnnlab.data.sources import load_dataset, resolve_data_root
+from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate_run
-from cnnlab.experiment import run_splits
-from cnnlab.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
-from cnnlab.preprocess import to_model_input
-from cnnlab.runtime import resolve_runtime
-from cnnlab.viz_tutorial import feature_maps_figure, mistakes_figure, sample_grid
+from cnnlab.metrics import evaluate_run
+from cnnlab.run import load_run, run_splits
+from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
+from cnnlab.viz.tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
 
@@ -175,7 +169,7 @@ def run_samples(args: argparse.Namespace) -> int:
 
 
 def run_mistakes(args: argparse.Namespace) -> int:
-    runtime = resolve_runtime(args.device, "auto")
+    runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset
     test = run_splits(run, resolve_data_root(args.data_dir), args.test_subset).test

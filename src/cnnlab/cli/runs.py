@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from cnnlab import viz
-from cnnlab.checkpoint import load_run
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
@@ -14,14 +12,15 @@ from cnnlab.cli.common import (
     add_run,
     positive_int,
     print_table,
+    runtime_for,
     save_figure_to,
 )
-from cnnlab.data import resolve_data_root
+from cnnlab.data.sources import resolve_data_root
 from cnnlab.errors import ConfigError
-from cnnlab.evaluate import evaluate_run, most_confused
-from cnnlab.experiment import run_splits
+from cnnlab.metrics import evaluate_run, most_confused
 from cnnlab.models import conv_layer_names
-from cnnlab.runtime import resolve_runtime
+from cnnlab.run import load_run, run_splits
+from cnnlab.viz import training as viz
 
 
 def register(subparsers) -> None:
@@ -52,7 +51,7 @@ def register(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    runtime = resolve_runtime(args.device, "auto")
+    runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset
     splits = run_splits(run, resolve_data_root(args.data_dir), args.test_subset)

@@ -13,10 +13,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from cnnlab import explain, layers
 from cnnlab.cli.common import non_negative_int, positive_int, print_table
 from cnnlab.models import ModelConfig, create_model, list_models
-from cnnlab.summary import (
+from cnnlab.teach import explain, layers
+from cnnlab.teach.summary import (
     LayerCount,
     ModelSummary,
     conv2d_count,

@@ -6,20 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab import checkpoint
+from cnnlab import files, run
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
     add_subset_flags,
     non_negative_int,
     positive_int,
+    runtime_for,
 )
 from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
-from cnnlab.data import list_datasets, resolve_data_root
+from cnnlab.data import list_datasets
+from cnnlab.data.sources import resolve_data_root
 from cnnlab.errors import ConfigError, TrainingError
-from cnnlab.experiment import default_run_dir, resume_config, resume_run, train_run
 from cnnlab.models import list_models
-from cnnlab.runtime import resolve_runtime
+from cnnlab.run import default_run_dir, resume_config, resume_run, train_run
 
 D = TrainConfig()  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
@@ -106,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError("--preset and --config both set the recipe; give one of them")
         base = preset_config(args.preset).to_json()
     if "config" in args:
-        base = checkpoint.read_json(args.config).get("train")
+        base = files.read_json(args.config).get("train")
         if not isinstance(base, dict):
             raise ConfigError(f"{args.config}: no 'train' section (is it a cnnlab config.json?)")
         try:
@@ -135,7 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         run_dir = getattr(args, "out", None) or default_run_dir(config)
     device = getattr(args, "device", config.device)
-    runtime = resolve_runtime(device, config.precision, getattr(args, "threads", None))
+    runtime = runtime_for(device, config.precision, getattr(args, "threads", None))
     try:
         if "resume" in args:
             result = resume_run(run_dir, runtime, data_root, config.epochs, progress=progress)
@@ -157,7 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def saved_epochs(run_dir: Path) -> str:
-    done = len(checkpoint.read_metrics(run_dir)) if Path(run_dir).is_dir() else 0
+    done = len(run.read_metrics(run_dir)) if Path(run_dir).is_dir() else 0
     if done == 0:
         return "No epoch was completed, so nothing was saved."
     return f"Epoch {done} is saved in {run_dir}."

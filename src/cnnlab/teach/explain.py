@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnlab import layers
 from cnnlab.errors import ConfigError
+from cnnlab.teach import layers
 
 
 def format_number(value: float) -> str:

@@ -12,12 +12,13 @@ import math
 import statistics
 from collections.abc import Sequence
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-from cnnlab.featuremaps import FeatureMaps, Stage
-from cnnlab.viz import plt
+from cnnlab.teach.featuremaps import FeatureMaps, Stage
+from cnnlab.viz import subplots
 
 TILE_INCHES = 1.35  # one image tile in the sample and mistake grids
 
@@ -65,7 +66,7 @@ def feature_maps_figure(
     panels = 1 + len(stages)
     columns = min(panels, 4)
     rows = math.ceil(panels / columns)
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows,
         columns,
         figsize=(4.0 * columns, 4.4 * rows + 1.0),
@@ -79,7 +80,7 @@ def feature_maps_figure(
     ax_in.set_title(f"{input_label}\n{channels}x{height}x{width}", fontsize=12)
     ax_in.set_xlabel("x (pixels)")
     ax_in.set_ylabel("y (pixels)")
-    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     for ax, stage in zip(axes.flat[1:], stages):
         channels = stage.tensor.shape[1]
         mosaic = stage_mosaic(stage.tensor[0]).numpy()
@@ -108,7 +109,7 @@ def _image_grid(count: int, columns: int, titles: Sequence[str], fontsize: float
     longest = max(len(line) for line in lines)
     tile = max(TILE_INCHES, 0.62 * fontsize / 72 * longest + 0.15)  # ~0.62 em per character
     title_height = max(title.count("\n") + 1 for title in titles or [""]) * fontsize * 1.4 / 72
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows,
         columns,
         figsize=(tile * columns, (tile + title_height) * rows + 0.6),
@@ -154,7 +155,7 @@ def mistakes_figure(
 ) -> Figure:
     """Misclassified images (N, C, H, W) uint8, each titled: index, true, predicted, confidence."""
     if len(images) == 0:
-        fig, ax = plt.subplots(figsize=(6, 2))
+        fig, ax = subplots(figsize=(6, 2))
         ax.axis("off")
         ax.text(
             0.5,
@@ -192,8 +193,8 @@ def comparison_figure(
 
     `accuracies[i]` (fractions) and `seconds[i]` hold one value per seed for model `i`.
     """
-    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = [plt.get_cmap("tab10").colors[i % 10] for i in range(len(labels))]
+    fig, (ax_acc, ax_time) = subplots(1, 2, figsize=(12, 4.8))
+    colors = [matplotlib.colormaps["tab10"].colors[i % 10] for i in range(len(labels))]
     positions = list(range(len(labels)))
     ticks = [f"{label}\n{params:,} params" for label, params in zip(labels, parameters)]
 

@@ -21,15 +21,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cnnlab import checkpoint
+from cnnlab import files
 from cnnlab.config import TrainConfig
-from cnnlab.data import DataSplits, get_dataset
+from cnnlab.data import get_dataset
+from cnnlab.data.splits import DataSplits
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import Runtime
 from cnnlab.train import fit
 from cnnlab.viz import save_figure
-from cnnlab.viz_tutorial import comparison_figure
+from cnnlab.viz.tutorial import comparison_figure
 
 RESULTS_FILE = "results.json"
 FIGURE_FILE = "compare.png"
@@ -177,7 +178,7 @@ def compare_models(
             config = replace(
                 recipe, model=contender.model, model_options=dict(contender.options), seed=seed
             )
-            result = fit(config, splits, runtime, run_dir=None, log=epoch_log)
+            result = fit(config, splits, runtime, log=epoch_log)
             runs.append(
                 RunResult(
                     label=contender.label,
@@ -203,7 +204,7 @@ def write_results(
     out_dir: Path, comparison: Comparison, runtime: Runtime | None, complete: bool
 ) -> Path:
     path = Path(out_dir) / RESULTS_FILE
-    checkpoint.write_json(path, comparison.to_json(runtime, complete))
+    files.write_json(path, comparison.to_json(runtime, complete))
     return path
 
 

@@ -8,8 +8,10 @@ Training, evaluation and every figure call `to_model_input`, so they can never d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ def to_model_input(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 `(B, C, H, W)` -> float32 `(B, C, H, W)` in the model's input scale."""
+    import torch  # here, so that the registry imports without PyTorch
+
     x = images.to(torch.float32).div_(255.0)
     if norm.enabled:
         x = x.sub_(norm.mean).div_(norm.std)

@@ -1,36 +1,20 @@
-"""Figures: pure functions that return matplotlib Figures, plus one atomic `save_figure`.
+"""Training figures: the loss curve, filter grids, the kernel mosaic and the confusion matrix.
 
 >>> fig = filter_grid(model.conv1.weight, "Learned filters, conv1")
->>> save_figure(fig, Path("filters.png"))
+>>> cnnlab.viz.save_figure(fig, Path("filters.png"))
 """
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
+import torch
+from matplotlib.figure import Figure
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no window is ever opened
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from cnnlab.checkpoint import atomic_write_bytes  # noqa: E402
-
-
-def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
-    """Render to PNG in memory, then write atomically; closes the figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+from cnnlab.viz import subplots
 
 
 def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> Figure:
     """Training loss per step (faint) and per epoch (the tutorial's `losses`), plus validation."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     epochs = [m["epoch"] for m in metrics]
     if step_losses is not None and len(step_losses) and epochs:
         steps_per_epoch = len(step_losses) / epochs[-1]
@@ -82,7 +66,7 @@ def filter_grid(weight: torch.Tensor, title: str, columns: int = 8) -> Figure:
     """
     w = weight.detach().float().cpu().mean(dim=1)  # (out, k, k)
     rows = -(-w.shape[0] // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(10, 10 * rows / columns + 0.6), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(10, 10 * rows / columns + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < w.shape[0]:
             ax.imshow(w[i].numpy(), cmap="gray")
@@ -105,7 +89,7 @@ def kernel_mosaic(weight: torch.Tensor, title: str) -> Figure:
     tiles = w.reshape(out_ch * in_ch, 1, *w.shape[2:])
     grid = make_grid(tiles, nrow=in_ch, padding=1, normalize=True, scale_each=True, pad_value=1.0)
     k = w.shape[2] + 1
-    fig, ax = plt.subplots(figsize=(min(2 + in_ch * 0.35, 16), min(1.5 + out_ch * 0.3, 24)))
+    fig, ax = subplots(figsize=(min(2 + in_ch * 0.35, 16), min(1.5 + out_ch * 0.3, 24)))
     ax.imshow(grid[0].numpy(), cmap="gray", interpolation="nearest")
     ax.set_xticks([k * i + k / 2 for i in range(0, in_ch, 4)], range(0, in_ch, 4))
     ax.set_yticks([k * i + k / 2 for i in range(0, out_ch, 4)], range(0, out_ch, 4))
@@ -118,7 +102,7 @@ def kernel_mosaic(weight: torch.Tensor, title: str) -> Figure:
 
 def confusion_figure(confusion: torch.Tensor, class_names, title: str) -> Figure:
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
+    fig, ax = subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.55 * n))
     rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for t in range(n):

@@ -1,0 +1,62 @@
+"""Splits held in memory: uint8 images with their labels, the validation hold-out and subsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cnnlab.data.registry import DatasetSpec
+from cnnlab.errors import ConfigError
+
+
+@dataclass
+class Split:
+    """Images as uint8 `(N, C, H, W)` and labels as int64 `(N,)`."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, index) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+    def to(self, device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split | None
+    test: Split
+    spec: DatasetSpec | None = None  # the dataset they came from, resolved once where a run starts
+
+
+def make_splits(
+    train: Split,
+    test: Split,
+    val_size: int = 0,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    split_seed: int = 0,
+    spec: DatasetSpec | None = None,
+) -> DataSplits:
+    """Hold out `val_size` seeded-random training images, then keep the first `train_subset`."""
+    if val_size < 0 or val_size >= len(train):
+        raise ConfigError(
+            f"--val-size {val_size} must be between 0 and {len(train) - 1} "
+            f"(the training set has {len(train)} images)"
+        )
+    val = None
+    if val_size:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
+        keep, held = order[:-val_size].sort().values, order[-val_size:].sort().values
+        train, val = train.subset(keep), train.subset(held)
+    if train_subset is not None:
+        train = train.subset(slice(0, train_subset))
+    if test_subset is not None:
+        test = test.subset(slice(0, test_subset))
+    return DataSplits(train=train, val=val, test=test, spec=spec)

@@ -1,0 +1,113 @@
+"""Files: atomic writes, JSON, safetensors with JSON metadata, and refusing pickles.
+
+Every file is written to a temporary name in the same folder and moved into place with
+`os.replace`, so a crash or kill leaves the previous good version. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors_bytes
+
+from cnnlab.errors import CheckpointError, CnnlabError, OutputError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix.
+
+    A failed write leaves the previous file and no temporary file behind, and raises
+    `OutputError` naming `path`; an interrupt is re-raised unchanged.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # created with the usual permissions (umask)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # e.g. the folder is missing: nothing to remove
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"cnnlab": json.dumps(metadata)} if metadata is not None else None
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=meta))
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read tensors and cnnlab's JSON metadata; refuse anything that is not safetensors."""
+    path = Path(path)
+    refuse_pickle(path)
+    require_regular_file(path, CheckpointError)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = (f.metadata() or {}).get("cnnlab")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        return tensors, (json.loads(meta) if meta else None)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def require_regular_file(path: Path, error: type[CnnlabError], max_bytes: int | None = None) -> int:
+    """The size of `path` if it is a regular file (after symlinks) of at most `max_bytes`.
+
+    Devices, FIFOs and folders are refused before anything is read: reading `/dev/zero` would
+    exhaust memory and a FIFO would block forever.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: not found") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{path}: not a regular file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise error(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} expected")
+    return info.st_size
+
+
+def refuse_pickle(path: Path) -> None:
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: refusing to load a pickled PyTorch file; loading one can run arbitrary "
+            f"code. cnnlab reads only .safetensors weights with a config.json"
+        )
