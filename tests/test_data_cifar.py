@@ -83,6 +83,15 @@ def test_trailing_bytes_are_an_error(tmp_path):
         read_cifar_batch(path)
 
 
+def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_cifar, "MAX_RECORDS", 2)
+    raw, _ = records([1, 2, 3], seed=0)
+    path = tmp_path / "data_batch_1.bin"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="9,219 bytes is more than all of CIFAR-10"):
+        read_cifar_batch(path)
+
+
 def test_empty_file_is_an_error(tmp_path):
     path = tmp_path / "test_batch.bin"
     path.write_bytes(b"")

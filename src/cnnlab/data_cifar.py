@@ -33,6 +33,7 @@ MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 SHAPE = (3, 32, 32)
 RECORD_BYTES = 1 + 3 * 32 * 32  # label byte + pixels
 OFFICIAL_RECORDS = 10_000  # per file; a file of any whole number of records is accepted
+MAX_RECORDS = 60_000  # the whole dataset: a bigger file is refused before it is read
 NUM_CLASSES = 10
 MAX_META_BYTES = 64 * 1024
 
@@ -102,6 +103,11 @@ def read_cifar_batch(path: str | Path):
     """Read and validate one CIFAR-10 binary file: `(images, labels)`, uint8 and int64."""
     path = Path(path)
     size = regular_file_size(path)
+    if size > MAX_RECORDS * RECORD_BYTES:
+        raise DataError(
+            f"{path}: {size:,} bytes is more than all of CIFAR-10 ({MAX_RECORDS:,} records); "
+            f"not a CIFAR-10 file"
+        )
     return parse_cifar_records(read_bounded(path, size), str(path))
 
 
@@ -152,7 +158,7 @@ def download_cifar10(root: str | Path) -> None:
 
 
 def load_cifar10(root: str | Path, allow_download: bool = True) -> Cifar10:
-    """Read CIFAR-10 from `root/cifar-10-batches-bin/`, downloading it first if files are missing."""
+    """Read CIFAR-10 from `root/cifar-10-batches-bin/`; download it first if files are missing."""
     root = Path(root)
     if not is_cifar10_present(root):
         if not allow_download:
