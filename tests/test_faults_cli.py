@@ -57,7 +57,7 @@ def file_bytes(run: Path) -> dict[str, bytes]:
 # --- bad flags: one line each, naming the flag and the valid choices ----------------------------
 
 BAD_CHOICES = [
-    ("--model", "resnet", "unknown model 'resnet'; known models: cnn, mlp"),
+    ("--model", "vgg", "unknown model 'vgg'; known models: cnn, mlp, resnet"),
     ("--dataset", "cifar10", "unknown dataset 'cifar10'; known datasets: fashion-mnist, mnist"),
     ("--optimizer", "rmsprop", "unknown optimizer 'rmsprop'; choose from adam, adamw, sgd"),
     ("--schedule", "step", "unknown schedule 'step'; choose from constant, onecycle, cosine"),

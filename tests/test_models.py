@@ -105,8 +105,8 @@ def test_cnn_linear_layer_follows_the_input_size():
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown model 'resnet'.*cnn.*mlp"):
-        create_model(ModelConfig("resnet", **MNIST))
+    with pytest.raises(ConfigError, match="unknown model 'vgg'.*cnn.*mlp.*resnet"):
+        create_model(ModelConfig("vgg", **MNIST))
 
 
 def test_unknown_model_option_is_an_error():

@@ -197,3 +197,6 @@ def speedrun(input_shape, num_classes, width: int = 16):
             f"speedrun needs images of at least 8x8 (three 2x2 poolings); got {height}x{width_px}"
         )
     return SpeedrunCNN(channels, num_classes, (height, width_px), (width, 2 * width, 4 * width))
+
+
+from cnnlab import resnet as _resnet  # noqa: E402, F401  (registers "resnet"; it imports this module)
