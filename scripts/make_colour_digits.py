@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnlab.data import get_dataset, load_split, resolve_data_root
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_split, resolve_data_root
 from cnnlab.errors import CnnlabError
 
 SIZE = 32

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnlab.data import get_dataset, load_split, resolve_data_root
+from cnnlab.data import get_dataset
+from cnnlab.data.sources import load_split, resolve_data_root
 from cnnlab.errors import CnnlabError
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.augment import (
+from cnnlab.data.augment import (
     AugmentConfig,
     affine_images,
     apply_params,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import data_cifar
-from cnnlab.data_cifar import (
+from cnnlab.data import cifar as data_cifar
+from cnnlab.data.cifar import (
     FOLDER,
     load_cifar10,
     read_cifar_batch,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import data_folder
-from cnnlab.data_folder import load_image_folder
-from cnnlab.data_folder_scan import stratified_holdout
+from cnnlab.data import folder as data_folder
+from cnnlab.data.folder import load_image_folder
+from cnnlab.data.folder_scan import stratified_holdout
 from cnnlab.errors import ConfigError, DataError
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data import get_dataset, load_split
-from cnnlab.data_folder import load_image_folder
+from cnnlab.data import get_dataset
+from cnnlab.data.folder import load_image_folder
+from cnnlab.data.sources import load_split
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

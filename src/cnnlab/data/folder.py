@@ -4,7 +4,7 @@
     >>> data.classes, data.shape, len(data.train), len(data.test)
     (('cat', 'dog'), (3, 32, 32), 371, 41)
 
-Layouts and ignored files: see `cnnlab.data_folder_scan`. Without a `test/` folder a seeded,
+Layouts and ignored files: see `cnnlab.data.folder_scan`. Without a `test/` folder a seeded,
 stratified `test_fraction` of each class is held out as the test split (likewise `val_fraction`
 for a validation split when there is no `val/`); `FolderDataset.assignment()` says which file went
 where. Settings left as None follow the images: one shared size is kept (else
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data_folder_cache import (
+from cnnlab.data.folder_cache import (
     CacheEntry,
     allocate,
     cache_key,
@@ -37,8 +37,8 @@ from cnnlab.data_folder_cache import (
     save_meta,
     save_resident,
 )
-from cnnlab.data_folder_images import FITS, channel_stats, decode_into, gather_batch, read_headers
-from cnnlab.data_folder_scan import FileEntry, FolderScan, scan_folder, stratified_holdout
+from cnnlab.data.folder_images import FITS, channel_stats, decode_into, gather_batch, read_headers
+from cnnlab.data.folder_scan import FileEntry, FolderScan, scan_folder, stratified_holdout
 from cnnlab.errors import ConfigError, DataError
 
 DEFAULT_IMAGE_SIZE = 32

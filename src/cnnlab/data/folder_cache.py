@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from cnnlab.checkpoint import atomic_write_bytes
 from cnnlab.errors import OutputError
+from cnnlab.files import atomic_write_bytes
 
 CACHE_VERSION = 1
 COPY_ROWS = 4096  # rows per step when compacting a memory-mapped array
