@@ -29,9 +29,10 @@ def test_train_prints_the_tutorial_lines_and_writes_the_run(trained):
     run, out = trained
     lines = out.strip().splitlines()
     assert lines[0] == f"Run folder: {run}"
-    assert re.fullmatch(r"Epoch 1: loss=\d\.\d{4}\b.*", lines[1])
-    assert re.fullmatch(r"Epoch 2: loss=\d\.\d{4}\b.*val_acc=.*", lines[2])
-    assert re.fullmatch(r"Test accuracy: \d\.\d{3}", lines[3])
+    assert lines[1].startswith("Data: ") and "(--data-dir), a custom copy" in lines[1]
+    assert re.fullmatch(r"Epoch 1: loss=\d\.\d{4}\b.*", lines[2])
+    assert re.fullmatch(r"Epoch 2: loss=\d\.\d{4}\b.*val_acc=.*", lines[3])
+    assert re.fullmatch(r"Test accuracy: \d\.\d{3}", lines[4])
     assert lines[-2] == f"Evaluate: cnnlab eval {run}"
     assert lines[-1].startswith(f"Train further: cnnlab train --resume {run} --epochs ")
     for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors"):
@@ -40,8 +41,8 @@ def test_train_prints_the_tutorial_lines_and_writes_the_run(trained):
         assert (run / name).read_bytes()[:8] == PNG
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert f"loss={metrics[0]['loss']:.4f}" in lines[1]
-    assert f"Test accuracy: {metrics[-1]['test_accuracy']:.3f}" == lines[3]
+    assert f"loss={metrics[0]['loss']:.4f}" in lines[2]
+    assert f"Test accuracy: {metrics[-1]['test_accuracy']:.3f}" == lines[4]
     assert {"loss", "train_accuracy", "val_accuracy", "seconds", "images_per_second"} <= set(
         metrics[0]
     )
@@ -134,7 +135,7 @@ def test_config_rerun_reproduces_and_flags_override(trained, fake_root, tmp_path
 def test_datasets_and_models_listings(fake_root, capsys):
     assert main(["datasets", "--data-dir", str(fake_root)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^mnist\s+1x28x28\s+10\s+60,000\s+10,000\s+yes", out, re.M)
+    assert re.search(r"^mnist\s+1x28x28\s+10\s+60,000\s+10,000\s+--data-dir", out, re.M)
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^cnn\s+50,378\s", out, re.M)

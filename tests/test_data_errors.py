@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets
+import torchvision.datasets.utils
 
 from cnnlab.cli import main
 from cnnlab.data import DATASETS, get_dataset
@@ -59,11 +60,13 @@ def failing_download(monkeypatch) -> list:
     """torchvision's download fails as it does offline; returns the roots it was asked for."""
     calls: list = []
 
-    def download(self):
-        calls.append(Path(self.root))
+    def download(url, download_root, **kwargs):
+        root = Path(download_root).parent.parent  # download_root is ROOT/<Name>/raw
+        if root not in calls:
+            calls.append(root)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torchvision.datasets.MNIST, "download", download)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
     return calls
 
 
@@ -201,18 +204,23 @@ def test_offline_download_names_folder_and_expected_files(
     assert not out.exists()
 
 
-def test_offline_constructor_failure(tmp_path, capsys, network_attempts, monkeypatch):
-    """The other way torchvision can fail: the dataset class itself raises."""
+def test_download_never_instantiates_torchvision_datasets_or_unpickles(
+    tmp_path, capsys, network_attempts, failing_download, monkeypatch
+):
+    """torchvision's dataset classes may torch.load legacy processed/*.pt files: never used."""
 
-    def offline(self, *args, **kwargs):
-        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+    def forbidden(*args, **kwargs):
+        raise AssertionError("must not be called")
 
-    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", offline)
-    assert train(tmp_path / "root", tmp_path / "run") == 1
+    monkeypatch.setattr(torchvision.datasets.MNIST, "__init__", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    root = tmp_path / "root"
+    (root / "MNIST" / "processed").mkdir(parents=True)
+    (root / "MNIST" / "processed" / "training.pt").write_bytes(b"legacy pickle")
+    assert train(root, tmp_path / "run") == 1
     line = one_error_line(capsys)
-    assert str(tmp_path / "root" / MNIST_RAW) in line
-    assert "Network is unreachable" in line
-    assert network_attempts == []
+    assert str(root / MNIST_RAW) in line and "could not be downloaded" in line
+    assert failing_download == [root]
 
 
 def test_one_missing_file_triggers_the_download(fake_root, tmp_path, capsys, failing_download):

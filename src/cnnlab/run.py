@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Callable
@@ -30,8 +31,15 @@ from cnnlab import __version__, checkpoint
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 from cnnlab.config import TrainConfig
 from cnnlab.data import DatasetSpec, get_dataset
+from cnnlab.data.identity import check_recorded, describe
 from cnnlab.data.preprocess import Normalization
-from cnnlab.data.sources import load_dataset
+from cnnlab.data.sources import (
+    PACKAGED_ROOT,
+    DataLocation,
+    is_present,
+    locate_data,
+    read_dataset,
+)
 from cnnlab.data.splits import DataSplits, make_splits
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.files import (
@@ -65,27 +73,42 @@ def default_run_dir(config: TrainConfig, root: Path = Path("runs")) -> Path:
     return root / f"{stamp}-{config.model}-{config.dataset}"
 
 
-def load_splits(config: TrainConfig, data_root: Path) -> DataSplits:
+def as_location(data: DataLocation | Path) -> DataLocation:
+    return data if isinstance(data, DataLocation) else DataLocation(Path(data), "given")
+
+
+def load_splits(
+    config: TrainConfig, data: DataLocation | Path, recorded: dict | None = None
+) -> DataSplits:
+    """The recipe's splits, read from `data`; with `recorded` (a run's "data" entry), the files
+    must be the ones the run was trained with."""
     spec = get_dataset(config.dataset)
-    train, test = load_dataset(spec, data_root)
-    return make_splits(
-        train,
-        test,
+    location = as_location(data)
+    raw = read_dataset(spec, location.root)
+    check_recorded(recorded, list(raw.files), str(location.root / spec.raw_folder))
+    splits = make_splits(
+        raw.train,
+        raw.test,
         config.val_size,
         config.train_subset,
         config.test_subset,
         VAL_SPLIT_SEED,
         spec=spec,
     )
+    splits.files = raw.files
+    return splits
 
 
-def run_splits(run, data_root: Path, test_subset: int | None = None) -> DataSplits:
-    """The splits a loaded run saw: its validation hold-out, its test subset (or `test_subset`)."""
+def run_splits(run, data: DataLocation | Path, test_subset: int | None = None) -> DataSplits:
+    """The splits a loaded run saw: its validation hold-out, its test subset (or `test_subset`),
+    from the same files (checked against the fingerprint in config.json)."""
     cfg = run.train_config
-    train, test = load_dataset(run.dataset, data_root)
+    location = as_location(data)
+    raw = read_dataset(run.dataset, location.root)
+    check_recorded(run.config.get("data"), list(raw.files), str(location.root))
     return make_splits(
-        train,
-        test,
+        raw.train,
+        raw.test,
         cfg.get("val_size", 0),
         None,
         test_subset or cfg.get("test_subset"),
@@ -94,11 +117,48 @@ def run_splits(run, data_root: Path, test_subset: int | None = None) -> DataSpli
     )
 
 
-def run_config_json(config: TrainConfig, runtime: Runtime, data_root: Path) -> dict:
+def run_data_location(
+    run_config: dict,
+    data_dir: Path | None = None,
+    env=None,
+    log: Callable[[str], None] = print,
+) -> DataLocation:
+    """Where a run's data is read from: --data-dir or $CNNLAB_DATA when given, else the root the
+    run recorded (the packaged copy is found wherever this cnnlab is installed), else the usual
+    search with a note."""
+    env = os.environ if env is None else env
+    spec = get_dataset(run_dataset_name(run_config))
+    if data_dir or env.get("CNNLAB_DATA"):
+        return locate_data(spec, data_dir, env)
+    data = run_config.get("data") if isinstance(run_config.get("data"), dict) else {}
+    if data.get("origin") == "packaged copy" and is_present(spec, PACKAGED_ROOT):
+        return DataLocation(PACKAGED_ROOT, "packaged copy, as recorded in config.json")
+    recorded = data.get("root") or run_config.get("data_root")
+    if isinstance(recorded, str) and recorded:
+        if is_present(spec, Path(recorded)):
+            return DataLocation(Path(recorded), "recorded in config.json")
+        log(f"Note: the recorded data root {recorded} no longer holds {spec.name}; searching")
+    return locate_data(spec, None, env)
+
+
+def data_json(location: DataLocation, files) -> dict:
+    """config.json's "data": where the data came from and the fingerprint of every file."""
+    return {
+        "root": str(location.root.resolve()),
+        "origin": location.origin,
+        "official": all(f.official for f in files),
+        "files": {f.name: f.to_json() for f in files},
+    }
+
+
+def run_config_json(
+    config: TrainConfig, runtime: Runtime, location: DataLocation | Path, files=()
+) -> dict:
     """config.json: rebuild the model ("model"), rerun the training ("train"), and provenance."""
     import torchvision
 
     spec = get_dataset(config.dataset)
+    location = as_location(location)
     return {
         "model": config.model_config().to_json(),
         "train": config.to_json(),
@@ -107,7 +167,8 @@ def run_config_json(config: TrainConfig, runtime: Runtime, data_root: Path) -> d
         "val_split_seed": VAL_SPLIT_SEED,
         "runtime": runtime.to_json(),
         "seed": config.seed,
-        "data_root": str(data_root),
+        "data_root": str(location.root.resolve()),
+        "data": data_json(location, files),
         "versions": {
             "cnnlab": __version__,
             "torch": torch.__version__,
@@ -121,17 +182,20 @@ def run_config_json(config: TrainConfig, runtime: Runtime, data_root: Path) -> d
 def train_run(
     config: TrainConfig,
     runtime: Runtime,
-    data_root: Path,
+    data: DataLocation | Path,
     run_dir: Path,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> FitResult:
     """Train a new run into `run_dir` and write every run file."""
-    splits = load_splits(config, data_root)
+    location = as_location(data)
+    splits = load_splits(config, location)
     prepare_run_dir(run_dir, overwrite)
     log(f"Run folder: {run_dir}")
-    write_json(run_dir / CONFIG_FILE, run_config_json(config, runtime, data_root))
+    log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+    config_json = run_config_json(config, runtime, location, splits.files)
+    write_json(run_dir / CONFIG_FILE, config_json)
     result = fit(config, splits, runtime, on_epoch=saver(run_dir), log=log, progress=progress)
     write_run_figures(run_dir, result)
     return result
@@ -154,12 +218,13 @@ def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
 def resume_run(
     run_dir: Path,
     runtime: Runtime,
-    data_root: Path,
+    data: DataLocation | Path | None = None,
     epochs: int | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> FitResult:
-    """Continue `run_dir` from its last completed epoch (to `epochs` in all, if given)."""
+    """Continue `run_dir` from its last completed epoch (to `epochs` in all, if given), on the
+    data it was trained with (`data`, else the recorded root; the files' fingerprint is checked)."""
     run_dir = Path(run_dir)
     config = resume_config(run_dir, epochs)
     state = checkpoint.load_training_state(run_dir)
@@ -172,10 +237,12 @@ def resume_run(
             f"{run_dir} already finished its {state.epochs_done} epochs; pass --epochs N "
             f"(more than {state.epochs_done}) to train it further"
         )
-    splits = load_splits(config, data_root)
-    log(f"Run folder: {run_dir}")
-    log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
     recorded = read_json(run_dir / CONFIG_FILE)
+    location = as_location(data) if data is not None else run_data_location(recorded, log=log)
+    splits = load_splits(config, location, recorded.get("data"))
+    log(f"Run folder: {run_dir}")
+    log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+    log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
     recorded["train"] = config.to_json()
     write_json(run_dir / CONFIG_FILE, recorded)
     result = fit(

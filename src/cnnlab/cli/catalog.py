@@ -6,7 +6,7 @@ import argparse
 
 from cnnlab.cli.common import add_data_dir, print_table
 from cnnlab.data import DATASETS, get_dataset, list_datasets
-from cnnlab.data.sources import is_present, resolve_data_root
+from cnnlab.data.sources import is_present, locate_data, resolve_data_root
 from cnnlab.models import ModelConfig, count_parameters, create_model, get_model_entry, list_models
 
 
@@ -27,10 +27,10 @@ def register(subparsers) -> None:
 
 
 def run_datasets(args: argparse.Namespace) -> int:
-    root = resolve_data_root(args.data_dir)
     rows = []
     for name in list_datasets():
         spec = DATASETS[name]
+        location = locate_data(spec, args.data_dir)
         rows.append(
             [
                 name,
@@ -38,12 +38,12 @@ def run_datasets(args: argparse.Namespace) -> int:
                 spec.num_classes,
                 f"{spec.train_size:,}",
                 f"{spec.test_size:,}",
-                "yes" if is_present(spec, root) else "no",
+                location.origin if is_present(spec, location.root) else "no",
                 spec.description,
             ]
         )
-    print(f"Data root: {root}")
-    print_table(rows, ["name", "shape", "classes", "train", "test", "present", "description"])
+    print(f"Data root: {resolve_data_root(args.data_dir)} (then, for mnist, the packaged copy)")
+    print_table(rows, ["name", "shape", "classes", "train", "test", "found in", "description"])
     return 0
 
 

@@ -21,7 +21,7 @@ from cnnlab.cli.common import (
 )
 from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, list_datasets
-from cnnlab.data.sources import resolve_data_root
+from cnnlab.data.sources import locate_data
 from cnnlab.run import load_splits
 from cnnlab.teach import compare
 
@@ -113,7 +113,7 @@ def run_compare(args: argparse.Namespace) -> int:
         f"batch {recipe.batch_size}; seeds {seeds_text(args.seed, args.seeds)}; "
         f"{runtime.device} {runtime.precision}"
     )
-    splits = load_splits(recipe, resolve_data_root(args.data_dir))
+    splits = load_splits(recipe, locate_data(get_dataset(recipe.dataset), args.data_dir))
     print(f"Training on {len(splits.train):,} images, testing on {len(splits.test):,}")
 
     def save_partial(comparison: compare.Comparison) -> None:

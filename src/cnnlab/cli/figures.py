@@ -10,7 +10,6 @@ Each prints the path of the PNG it wrote (--out FILE, else a descriptive name in
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -27,11 +26,11 @@ from cnnlab.cli.common import (
 )
 from cnnlab.data import DatasetSpec, get_dataset, list_datasets
 from cnnlab.data.preprocess import to_model_input
-from cnnlab.data.sources import load_dataset, resolve_data_root
+from cnnlab.data.sources import DataLocation, load_dataset, locate_data
 from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run
-from cnnlab.run import load_run, run_splits
+from cnnlab.run import load_run, run_data_location, run_splits
 from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
 from cnnlab.viz.tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
@@ -112,8 +111,8 @@ def add_split(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def load_split(spec: DatasetSpec, data_dir: Path | None, split: str) -> Split:
-    train, test = load_dataset(spec, resolve_data_root(data_dir))
+def load_split(spec: DatasetSpec, data: DataLocation, split: str) -> Split:
+    train, test = load_dataset(spec, data.root)
     return train if split == "train" else test
 
 
@@ -121,7 +120,7 @@ def run_featuremaps(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     require_conv_layers(run.model, run.model_config.name)
     spec = run.dataset
-    split = load_split(spec, args.data_dir, args.split)
+    split = load_split(spec, run_data_location(run.config, args.data_dir), args.split)
     if args.index >= len(split):
         raise ConfigError(
             f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
@@ -150,7 +149,7 @@ def run_featuremaps(args: argparse.Namespace) -> int:
 
 def run_samples(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
-    split = load_split(spec, args.data_dir, args.split)
+    split = load_split(spec, locate_data(spec, args.data_dir), args.split)
     count = min(args.count, len(split))
     if args.seed is None:
         index = torch.arange(count)
@@ -172,7 +171,8 @@ def run_mistakes(args: argparse.Namespace) -> int:
     runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset
-    test = run_splits(run, resolve_data_root(args.data_dir), args.test_subset).test
+    data = run_data_location(run.config, args.data_dir)
+    test = run_splits(run, data, args.test_subset).test
     report = evaluate_run(run, test, runtime)
     labels = test.labels.cpu()
     wrong = (report.predictions != labels).nonzero().flatten()

@@ -15,11 +15,10 @@ from cnnlab.cli.common import (
     runtime_for,
     save_figure_to,
 )
-from cnnlab.data.sources import resolve_data_root
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run, most_confused
 from cnnlab.models import conv_layer_names
-from cnnlab.run import load_run, run_splits
+from cnnlab.run import load_run, run_data_location, run_splits
 from cnnlab.viz import training as viz
 
 
@@ -54,7 +53,7 @@ def run_eval(args: argparse.Namespace) -> int:
     runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset
-    splits = run_splits(run, resolve_data_root(args.data_dir), args.test_subset)
+    splits = run_splits(run, run_data_location(run.config, args.data_dir), args.test_subset)
     if args.split == "val" and splits.val is None:
         raise ConfigError(f"{run.run_dir} was trained without --val-size, so it has no val split")
     split = splits.val if args.split == "val" else splits.test

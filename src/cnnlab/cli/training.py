@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from cnnlab import files, run
+from cnnlab.checkpoint import CONFIG_FILE
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
@@ -16,11 +18,11 @@ from cnnlab.cli.common import (
     runtime_for,
 )
 from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
-from cnnlab.data import list_datasets
-from cnnlab.data.sources import resolve_data_root
+from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data.sources import locate_data
 from cnnlab.errors import ConfigError, TrainingError
 from cnnlab.models import list_models
-from cnnlab.run import default_run_dir, resume_config, resume_run, train_run
+from cnnlab.run import default_run_dir, resume_config, resume_run, run_data_location, train_run
 
 D = TrainConfig()  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
@@ -122,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     quiet = "quiet" in args
     progress = not quiet and sys.stderr.isatty()
-    data_root = resolve_data_root(getattr(args, "data_dir", None))
+    data_dir = getattr(args, "data_dir", None)
     if "resume" in args:
         extra = sorted(
             k for k in vars(args) if k not in RESUMABLE | {"resume", "handler", "command"}
@@ -139,22 +141,32 @@ def run_train(args: argparse.Namespace) -> int:
     runtime = runtime_for(device, config.precision, getattr(args, "threads", None))
     try:
         if "resume" in args:
-            result = resume_run(run_dir, runtime, data_root, config.epochs, progress=progress)
+            data = run_data_location(files.read_json(Path(run_dir) / CONFIG_FILE), data_dir)
+            result = resume_run(run_dir, runtime, data, config.epochs, progress=progress)
         else:
             overwrite = "overwrite" in args
-            result = train_run(config, runtime, data_root, run_dir, overwrite, progress=progress)
+            data = locate_data(get_dataset(config.dataset), data_dir)
+            result = train_run(config, runtime, data, run_dir, overwrite, progress=progress)
     except KeyboardInterrupt:
         print(
-            f"Interrupted. {saved_epochs(run_dir)} Resume with: cnnlab train --resume {run_dir}",
+            f"Interrupted. {saved_epochs(run_dir)} Resume with: "
+            f"cnnlab train --resume {shell_path(run_dir)}",
             file=sys.stderr,
         )
         return 130
     except TrainingError as err:
         raise TrainingError(f"{err} {saved_epochs(run_dir)}") from None
     print(f"Test accuracy: {result.test_accuracy:.3f}")
-    print(f"Evaluate: cnnlab eval {run_dir}")
-    print(f"Train further: cnnlab train --resume {run_dir} --epochs {config.epochs + 5}")
+    print(f"Evaluate: cnnlab eval {shell_path(run_dir)}")
+    print(
+        f"Train further: cnnlab train --resume {shell_path(run_dir)} --epochs {config.epochs + 5}"
+    )
     return 0
+
+
+def shell_path(path: Path) -> str:
+    """The absolute path, quoted so that a printed command runs as printed from any folder."""
+    return shlex.quote(str(Path(path).resolve()))
 
 
 def saved_epochs(run_dir: Path) -> str:

@@ -76,6 +76,11 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int):
     """
     images = read_idx(images_path)
     labels = read_idx(labels_path)
+    return check_idx_pair(images, labels, images_path, labels_path, num_classes)
+
+
+def check_idx_pair(images, labels, images_path, labels_path, num_classes: int):
+    """Check that parsed images and labels belong together; `(images, labels.long())`."""
     if images.ndim != 3:
         raise DataError(f"{images_path}: expected 3 dimensions (N, H, W), found {images.ndim}")
     if labels.ndim != 1:

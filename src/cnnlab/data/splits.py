@@ -33,6 +33,7 @@ class DataSplits:
     val: Split | None
     test: Split
     spec: DatasetSpec | None = None  # the dataset they came from, resolved once where a run starts
+    files: tuple = ()  # the identity of the files read (cnnlab.data.identity.FileIdentity)
 
 
 def make_splits(
