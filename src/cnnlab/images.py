@@ -134,9 +134,11 @@ def mnist_style(image: Image.Image) -> np.ndarray:
     1. transparency is composited onto the background the border suggests (an opaque border:
        its own grey; a transparent one, as drawing apps save: the opposite of the ink's grey);
     2. grey (PIL's ITU-R 601-2 luma);
-    3. polarity from the border: light paper is inverted, so ink is always bright;
-    4. the border's level is subtracted (clipped at 0) and the result stretched so the brightest
-       ink is 255; less than `MIN_INK` levels of contrast left -> `NoInkError`;
+    3. polarity from the border: the ink is what differs from the border's level, and where
+       it is darker (ink on paper) the image is inverted, so ink is always bright;
+    4. the border's level is subtracted, and the noise the border shows (`_noise_allowance`;
+       0 for a clean image), clipped at 0; the result is stretched so the brightest ink is
+       255; less than `MIN_INK` levels of contrast left -> `NoInkError`;
     5. crop to the ink's bounding box (pixels above 10% of the brightest);
     6. scale the longer side to 20 px, keeping the aspect ratio (PIL BOX, area averaging, when
        shrinking, which is the anti-aliasing MNIST used; LANCZOS when enlarging);
@@ -144,10 +146,13 @@ def mnist_style(image: Image.Image) -> np.ndarray:
        lands within half a pixel of (row 14, column 14).
     """
     grey = _grey_without_alpha(image)
-    border = np.median(_border(grey))
-    if border > 127.5:
-        grey, border = 255.0 - grey, 255.0 - border
-    ink = np.clip(grey - border, 0.0, None)
+    border = _border(grey)
+    level = float(np.median(border))
+    difference = grey - level
+    noise = _noise_allowance(border, level, grey.size)
+    if _ink_is_darker(difference, noise):
+        difference = -difference
+    ink = np.clip(difference - noise, 0.0, None)
     if ink.max() < MIN_INK:
         raise NoInkError(
             f"no ink found: the image is blank (less than {MIN_INK} grey levels differ from "
@@ -176,6 +181,23 @@ def _grey_without_alpha(image: Image.Image) -> np.ndarray:
         ink_grey = float((grey * alpha).sum() / max(alpha.sum(), 1e-9))
         background = 255.0 if ink_grey < 127.5 else 0.0
     return grey * alpha + background * (1.0 - alpha)
+
+
+def _noise_allowance(border: np.ndarray, level: float, pixels: int) -> float:
+    """How far paper may differ from its level by noise alone: the border's spread (median
+    absolute deviation, as a Gaussian sigma) times sqrt(2 ln N), the level that N noise pixels
+    exceed with small probability (Donoho's universal threshold). 0 for a clean background."""
+    sigma = 1.4826 * float(np.median(np.abs(border - level)))
+    return sigma * float(np.sqrt(2.0 * np.log(max(pixels, 2))))
+
+
+def _ink_is_darker(difference: np.ndarray, noise: float) -> bool:
+    """Polarity: the ink is the side of the border's level with more mass beyond the noise
+    and `MIN_INK` levels; dark ink on lighter paper -> True."""
+    margin = noise + MIN_INK
+    brighter = np.clip(difference - margin, 0.0, None).sum()
+    darker = np.clip(-difference - margin, 0.0, None).sum()
+    return bool(darker > brighter)
 
 
 def _border(array: np.ndarray) -> np.ndarray:
