@@ -247,7 +247,7 @@ def plain_resize(image: Image.Image, size: tuple[int, int], channels: int) -> np
         image = Image.alpha_composite(white, image.convert("RGBA"))
     image = image.convert("L" if channels == 1 else "RGB")
     height, width = size
-    resized = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
+    resized = np.array(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
     return resized[None] if channels == 1 else resized.transpose(2, 0, 1).copy()
 
 
