@@ -192,20 +192,22 @@ def test_a_blank_image_has_no_ink():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_noise_on_the_paper_is_not_taken_for_ink(seed):
-    """Grey ink (contrast 153) on paper with Gaussian noise, sigma 10: the digit's box and
-    centring are found as without noise (measured: mean |difference| 4.5-5.0 grey levels once
-    the integer centring shift, which noise can tip at a half pixel, is matched)."""
+@pytest.mark.parametrize("paper,contrast", [(230, -0.6), (5, 0.6)])
+def test_noise_on_the_paper_is_not_taken_for_ink(seed, paper, contrast):
+    """Ink with 153 levels of contrast on paper with Gaussian noise, sigma 10 (on dark paper
+    half of it is clipped at 0): the digit's box and centring are found as without noise
+    (measured: mean |difference| 4.7-5.8 grey levels once the integer centring shift, which
+    noise can tip at a half pixel, is matched)."""
     digit = stroke_digit().astype(np.float64)
     noise = np.random.default_rng(seed).normal(0, 10, digit.shape)
-    paper = np.clip(np.rint(230 - 0.6 * digit + noise), 0, 255).astype(np.uint8)
+    paper = np.clip(np.rint(paper + contrast * digit + noise), 0, 255).astype(np.uint8)
     out = mnist_style(Image.fromarray(paper))
     clean = mnist_style(Image.fromarray(stroke_digit()))
     assert ink_box(out) == ink_box(clean)
     row, col = centre_of_mass(out)
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
     shifted = [np.roll(clean, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    assert min(np.abs(out.astype(int) - s).mean() for s in shifted) <= 6
+    assert min(np.abs(out.astype(int) - s).mean() for s in shifted) <= 8
 
 
 def bomb_png(width: int, height: int) -> bytes:

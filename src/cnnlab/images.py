@@ -134,8 +134,8 @@ def mnist_style(image: Image.Image) -> np.ndarray:
     1. transparency is composited onto the background the border suggests (an opaque border:
        its own grey; a transparent one, as drawing apps save: the opposite of the ink's grey);
     2. grey (PIL's ITU-R 601-2 luma);
-    3. polarity from the border: the ink is what differs from the border's level, and where
-       it is darker (ink on paper) the image is inverted, so ink is always bright;
+    3. polarity from the border: the ink is the side of the border's level (brighter or
+       darker) with more mass beyond the noise; dark ink is inverted, so ink is always bright;
     4. the border's level is subtracted, and the noise the border shows (`_noise_allowance`;
        0 for a clean image), clipped at 0; the result is stretched so the brightest ink is
        255; less than `MIN_INK` levels of contrast left -> `NoInkError`;
@@ -148,10 +148,12 @@ def mnist_style(image: Image.Image) -> np.ndarray:
     grey = _grey_without_alpha(image)
     border = _border(grey)
     level = float(np.median(border))
-    difference = grey - level
-    noise = _noise_allowance(border, level, grey.size)
-    if _ink_is_darker(difference, noise):
-        difference = -difference
+    brighter, darker = grey - level, level - grey
+    up = _noise_allowance(border - level, grey.size)
+    down = _noise_allowance(level - border, grey.size)
+    ink_mass_up = np.clip(brighter - up - MIN_INK, 0.0, None).sum()
+    ink_mass_down = np.clip(darker - down - MIN_INK, 0.0, None).sum()
+    difference, noise = (darker, down) if ink_mass_down > ink_mass_up else (brighter, up)
     ink = np.clip(difference - noise, 0.0, None)
     if ink.max() < MIN_INK:
         raise NoInkError(
@@ -183,21 +185,14 @@ def _grey_without_alpha(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
-def _noise_allowance(border: np.ndarray, level: float, pixels: int) -> float:
-    """How far paper may differ from its level by noise alone: the border's spread (median
-    absolute deviation, as a Gaussian sigma) times sqrt(2 ln N), the level that N noise pixels
-    exceed with small probability (Donoho's universal threshold). 0 for a clean background."""
-    sigma = 1.4826 * float(np.median(np.abs(border - level)))
+def _noise_allowance(deviations: np.ndarray, pixels: int) -> float:
+    """How far paper may stray towards the ink by noise alone, from the border's `deviations`
+    from its level (signed, positive towards the ink): their one-sided spread (the 84th
+    percentile, one Gaussian sigma; this side is never clipped at 0 or 255) times
+    sqrt(2 ln N), which N noise pixels rarely exceed (Donoho's universal threshold).
+    0 for a clean background."""
+    sigma = max(0.0, float(np.percentile(deviations, 84.13)))
     return sigma * float(np.sqrt(2.0 * np.log(max(pixels, 2))))
-
-
-def _ink_is_darker(difference: np.ndarray, noise: float) -> bool:
-    """Polarity: the ink is the side of the border's level with more mass beyond the noise
-    and `MIN_INK` levels; dark ink on lighter paper -> True."""
-    margin = noise + MIN_INK
-    brighter = np.clip(difference - margin, 0.0, None).sum()
-    darker = np.clip(-difference - margin, 0.0, None).sum()
-    return bool(darker > brighter)
 
 
 def _border(array: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from cnnlab.checkpoint import atomic_write_bytes
 from cnnlab.predict import Prediction
@@ -48,14 +49,12 @@ def predictions_figure(
 def _draw_one(axes, prediction: Prediction, classes: Sequence[str]) -> None:
     original, seen, bars = axes
     if prediction.original is not None:
-        picture = np.asarray(prediction.original)
-        grey = picture.ndim == 2
-        original.imshow(picture, cmap="gray" if grey else None, vmin=0, vmax=255)
-    original.set_title(_short(Path(prediction.file).name), fontsize=9)
+        _draw_original(original, np.asarray(prediction.original))
+    original.set_title(_short(Path(prediction.file).name, 24), fontsize=9)
     channels, height, width = prediction.seen.shape
     model_view = prediction.seen[0] if channels == 1 else prediction.seen.transpose(1, 2, 0)
     seen.imshow(model_view, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    seen.set_title(f"model input {height}x{width}", fontsize=9)
+    seen.set_title(f"model input {height}x{width}", fontsize=9, color="#555555")
     for ax in (original, seen):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -75,6 +74,18 @@ def _draw_one(axes, prediction: Prediction, classes: Sequence[str]) -> None:
         bars.spines[side].set_visible(False)
     title = f"{prediction.label}  ({prediction.confidence:.1%})"
     bars.set_title(title, fontsize=10, fontweight="bold", color=PREDICTED)
+
+
+def _draw_original(ax, picture: np.ndarray) -> None:
+    """The image in a square panel, whatever its shape, framed so white paper shows."""
+    height, width = picture.shape[:2]
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
+    ax.add_patch(Rectangle((-0.5, -0.5), width, height, fill=False, lw=0.8, ec="#888888"))
+    side = max(height, width) / 2 + 1
+    ax.set_xlim(width / 2 - 0.5 - side, width / 2 - 0.5 + side)
+    ax.set_ylim(height / 2 - 0.5 + side, height / 2 - 0.5 - side)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def _short(text: str, limit: int = 30) -> str:
