@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cnnlab.bundled import bundled_run_dir
 from cnnlab.checkpoint import load_run
-from cnnlab.cli.common import add_data_dir, add_device, positive_int
+from cnnlab.cli.common import add_device, positive_int
 from cnnlab.data import resolve_data_root
 from cnnlab.errors import ConfigError, OutputError
 from cnnlab.predict import BATCH_SIZE, Failure, collect_files, predict_files, run_classifier
@@ -77,7 +77,13 @@ def register(subparsers) -> None:
         help="file to write (default: model.onnx in the run folder; for --bundled, "
         "mnist-cnn.onnx in the current folder)",
     )
-    add_data_dir(p)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="dataset root holding the test images for the check (default: $CNNLAB_DATA, "
+        "else ~/.cache/cnnlab); nothing is downloaded",
+    )
     p.set_defaults(handler=run_export)
 
 
@@ -135,7 +141,10 @@ def _write_figure(path: Path, predictions, classifier, total: int) -> None:
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     save_png(fig, path)
-    print(f"Wrote {path}", file=sys.stderr)
+    capped = (
+        f" (the first {len(predictions)} of {total} images)" if total > len(predictions) else ""
+    )
+    print(f"Wrote {path}{capped}", file=sys.stderr)
 
 
 def run_export(args: argparse.Namespace) -> int:
