@@ -177,8 +177,7 @@ def _grey_without_alpha(image: Image.Image) -> np.ndarray:
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255.0
     border_alpha = _border(alpha)
     if border_alpha.mean() > 0.5:  # an opaque frame: its own grey is the background
-        weights = _border(alpha)
-        background = float((_border(grey) * weights).sum() / weights.sum())
+        background = float((_border(grey) * border_alpha).sum() / border_alpha.sum())
     else:  # transparent around the drawing: the background is what the ink stands out from
         ink_grey = float((grey * alpha).sum() / max(alpha.sum(), 1e-9))
         background = 255.0 if ink_grey < 127.5 else 0.0
