@@ -78,30 +78,30 @@ class ConvExplanation:
     def formula(self) -> list[str]:
         """The sum as lines of text: the general form, then with this position's numbers."""
         i, j = self.row, self.col
+        lead = f"y[{i},{j}] = "
+        indent = " " * (len(lead) - 2)
         general = "y[i,j] = sum_m sum_n x[i+m, j+n] * w[m,n] + b"
         if any(self.padding):
             rows, cols = self.padding
-            border = f"{rows}" if rows == cols else f"{rows} row(s) and {cols} column(s)"
-            general += f"   (x with a border of {border} of zeros)"
+            wide = f"{rows}" if rows == cols else f"{rows} (rows) and {cols} (columns)"
+            general += f"   (x: the input with a border of zeros {wide} wide)"
         lines = [general]
         if len(self.terms) == 1:
-            term = self.terms[0]
-            products = " + ".join(
-                f"{_num(x)}*{_num(w)}"
-                for xs, ws in zip(term.window, term.weights)
-                for x, w in zip(xs, ws)
-            )
-            lines.append(f"y[{i},{j}] = {products} + {_num(self.bias)}")
-            lines.append(f"        = {_num(term.partial_sum)} + {_num(self.bias)}")
+            term = self.terms[0]  # one line per filter row m
+            for m, (xs, ws) in enumerate(zip(term.window, term.weights)):
+                products = " + ".join(f"{_num(x)}*{_num(w)}" for x, w in zip(xs, ws))
+                lines.append((lead if m == 0 else f"{indent}+ ") + products)
+            lines.append(f"{indent}+ {_num(self.bias)}")
+            lines.append(f"{indent}= {_num(term.partial_sum)} + {_num(self.bias)}")
         else:
             lines.append(
-                f"y[{i},{j}] = sum_c (sum_m sum_n x_c[{i}+m, {j}+n] * w_c[m,n]) + b, "
+                f"{lead}sum_c (sum_m sum_n x_c[{i}+m, {j}+n] * w_c[m,n]) + b, "
                 f"over {len(self.terms)} input channels c"
             )
             sums = " + ".join(_num(t.partial_sum) for t in self.terms)
-            lines.append(f"        = {sums} + {_num(self.bias)}")
+            lines.append(f"{indent}= {sums} + {_num(self.bias)}")
         model = f"(the model computed {self.model_value:.4f})"
-        lines.append(f"        = {self.reference:.4f}   {model}")
+        lines.append(f"{indent}= {self.reference:.4f}   {model}")
         return lines
 
 

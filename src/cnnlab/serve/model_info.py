@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from cnnlab.checkpoint import LoadedRun, read_metrics
+from cnnlab.featuremaps import capture_feature_maps
 from cnnlab.models import conv_layer_names, count_parameters
 from cnnlab.predict import preprocessing_for
+from cnnlab.serve.model_service import stage_title
 from cnnlab.summary import format_shape, summarize
 
 
@@ -28,6 +32,16 @@ class SummaryRow:
 
 
 @dataclass(frozen=True)
+class StageShape:
+    """A stage whose maps the page shows, known before any image arrives (fixed layout)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, int, int]
+    title: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str  # the registered model, e.g. 'cnn'
     run: str  # the run folder's name
@@ -38,6 +52,7 @@ class ModelInfo:
     preprocessing: str  # 'mnist' (centred like MNIST's digits) or 'resize'
     drawing: bool  # True where drawing a digit makes sense; else uploading is the main input
     conv_layers: tuple[str, ...]
+    stages: tuple[StageShape, ...]  # what /api/predict?activations=1 returns maps for
     summary: tuple[SummaryRow, ...]
     mult_adds: int
     metrics: tuple[dict, ...]  # metrics.jsonl, one record per epoch
@@ -55,6 +70,16 @@ class ModelInfo:
         return None
 
 
+def stage_shapes(model: torch.nn.Module, input_shape: tuple[int, int, int]) -> list[StageShape]:
+    """The conv and pooling stages of one forward pass of zeros, as the page will show them."""
+    if not conv_layer_names(model):
+        return []
+    maps = capture_feature_maps(model, torch.zeros(1, *input_shape), relu=False)
+    return [
+        StageShape(s.name, s.kind, tuple(s.tensor.shape[1:]), stage_title(s)) for s in maps.stages
+    ]
+
+
 def model_info(run: LoadedRun) -> ModelInfo:
     input_shape = tuple(run.model_config.input_shape)
     report = summarize(run.model, input_shape)
@@ -69,6 +94,7 @@ def model_info(run: LoadedRun) -> ModelInfo:
         preprocessing=style,
         drawing=style == "mnist",
         conv_layers=tuple(conv_layer_names(run.model)),
+        stages=tuple(stage_shapes(run.model, input_shape)),
         summary=tuple(
             SummaryRow(r.name, r.kind, r.input_shape, r.output_shapes, r.parameters, r.mult_adds)
             for r in report.rows
