@@ -27,3 +27,15 @@ class OutputError(CnnlabError):
 
 class TrainingError(CnnlabError):
     """Training stopped: a non-finite loss or an out-of-memory error."""
+
+
+class ImageError(DataError):
+    """A user's image cannot be read: not an image, truncated, empty, too small or too large."""
+
+
+class NoInkError(ImageError):
+    """An image that holds nothing to classify: after removing the background it is blank."""
+
+
+class ExportError(CnnlabError):
+    """An exported model does not reproduce the PyTorch model it was exported from."""

@@ -2,6 +2,7 @@
 
     cnnlab train --data-dir ../shared/data
     cnnlab eval runs/<run>
+    cnnlab predict my-digit.png --run runs/<run>
     cnnlab serve --run runs/<run>
     cnnlab --help
 
@@ -16,10 +17,10 @@ import os
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import bench, catalog, compare, figures, runs, serve, teach, training
+from cnnlab.cli import bench, catalog, compare, figures, predict, runs, serve, teach, training
 from cnnlab.errors import CnnlabError
 
-COMMAND_MODULES = (training, runs, figures, compare, teach, serve, bench, catalog)
+COMMAND_MODULES = (training, runs, predict, figures, compare, teach, serve, bench, catalog)
 
 
 def build_parser() -> argparse.ArgumentParser:
