@@ -18,25 +18,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.testclient import TestClient
+from PIL import Image
 
-from tests.serve_standin import install
-
-install()
-
-from cnnlab.images import open_image, prepare  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cnnlab.checkpoint import load_run, save_weights, write_json  # noqa: E402
-from cnnlab.cli import main  # noqa: E402
-from cnnlab.config import TrainConfig  # noqa: E402
-from cnnlab.experiment import run_config_json  # noqa: E402
-from cnnlab.models import create_model  # noqa: E402
-from cnnlab.preprocess import to_model_input  # noqa: E402
-from cnnlab.runtime import Runtime  # noqa: E402
-from cnnlab.serve.app import create_app  # noqa: E402
-from tests.conftest import one_error_line  # noqa: E402
-from tests.serve_support import digit_images, jpeg_bytes, png_bytes, train_run_dir  # noqa: E402
+from cnnlab.checkpoint import load_run, save_weights, write_json
+from cnnlab.cli import main
+from cnnlab.config import TrainConfig
+from cnnlab.experiment import run_config_json
+from cnnlab.images import open_image, prepare
+from cnnlab.models import create_model
+from cnnlab.preprocess import to_model_input
+from cnnlab.runtime import Runtime
+from cnnlab.serve.app import create_app
+from tests.conftest import one_error_line
+from tests.serve_support import digit_images, jpeg_bytes, png_bytes, train_run_dir
 
 LIMIT = 50_000  # bytes: a small upload limit, so that over-limit bodies stay small in tests
 PNG = {"content-type": "image/png"}
@@ -401,7 +396,7 @@ def test_explain_equals_the_models_own_conv_output(client, run_dir, images):
         weight = getattr(model, layer).weight.detach()[channel]
         assert len(e["terms"]) == weight.shape[0]
         assert np.allclose(e["terms"][0]["weights"], weight[0].numpy(), atol=1e-7)
-        assert e["bias"] == pytest.approx(float(getattr(model, layer).bias[channel]))
+        assert e["bias"] == pytest.approx(float(getattr(model, layer).bias.detach()[channel]))
         if layer == "conv1":
             assert np.allclose(
                 e["terms"][0]["window"], padded[row : row + 3, col : col + 3].numpy()

@@ -163,7 +163,7 @@ def create_app(
             pixels = service.prepare(data)
         except NoInkError as err:
             return no_ink_json(err)
-        body = prediction_json(service.predict(pixels), service.classes, top_k)
+        body = prediction_json(service.predict(pixels, top_k))
         if activations:
             body["input"] = array_json(pixels)
             body["stages"] = [stage_json(s, encoding) for s in service.feature_maps(pixels)]

@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from cnnlab.errors import ConfigError
+from cnnlab.predict import Prediction
 from cnnlab.serve.explain_position import ConvExplanation
 from cnnlab.serve.model_info import ModelInfo
-from cnnlab.serve.model_service import Prediction, StageMaps
+from cnnlab.serve.model_service import StageMaps
 
 ENCODINGS = ("raw", "png")
 
@@ -87,14 +88,11 @@ def stage_json(stage: StageMaps, encoding: str = "raw") -> dict:
     return out
 
 
-def prediction_json(prediction: Prediction, classes: tuple[str, ...], top_k: int) -> dict:
-    return {
-        "ink": True,
-        "label": prediction.label,
-        "index": prediction.index,
-        "confidence": prediction.confidence,
-        "top": [[name, p] for name, p in prediction.top(top_k, classes)],
-    }
+def prediction_json(prediction: Prediction) -> dict:
+    """{ink, label, index, confidence, top}: `cnnlab predict --json`'s record, less the file."""
+    record = prediction.to_json()
+    del record["file"]
+    return {"ink": True, **record}
 
 
 def explanation_json(e: ConvExplanation) -> dict:

@@ -7,7 +7,7 @@ pass, so the hooks of one request never see another request's tensors.
 
     >>> service = ModelService(load_run("runs/demo"))
     >>> pixels = service.prepare(png_bytes)          # uint8 (C, H, W), what the model sees
-    >>> service.predict(pixels).label, [s.title for s in service.feature_maps(pixels)]
+    >>> service.predict(pixels, top_k=3).label, [s.title for s in service.feature_maps(pixels)]
     ('7', ['conv1: 32 maps, 28x28', 'after pooling: 32 at 14x14', ...])
 """
 
@@ -28,26 +28,11 @@ from cnnlab.evaluate import Predictor
 from cnnlab.featuremaps import Stage, capture_feature_maps
 from cnnlab.images import open_image, prepare
 from cnnlab.models import conv_layer_names
-from cnnlab.predict import preprocessing_for
+from cnnlab.predict import Classifier, Prediction, predict_arrays, preprocessing_for
 from cnnlab.preprocess import to_model_input
 from cnnlab.serve.explain_position import ConvExplanation, explain_position
 
 DEFAULT_REPLICAS = 2
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The model's answer for one image: the best class and every class's probability."""
-
-    index: int
-    label: str
-    confidence: float
-    probabilities: tuple[float, ...]  # softmax, in class order
-
-    def top(self, k: int, classes: tuple[str, ...]) -> list[tuple[str, float]]:
-        """The k most probable classes as (name, probability), most probable first."""
-        order = sorted(range(len(self.probabilities)), key=lambda i: -self.probabilities[i])
-        return [(classes[i], self.probabilities[i]) for i in order[:k]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +111,14 @@ class ModelService:
         self.input_shape: tuple[int, int, int] = tuple(run.model_config.input_shape)
         self.style = preprocessing_for(run.config)
         self.norm = run.normalization
-        self.predictor = Predictor(run.model, self.norm)  # fp32: batch-1 answers, exact
+        predictor = Predictor(run.model, self.norm)  # fp32: batch-1 answers, exact
+        self.classifier = Classifier(
+            logits=lambda images: predictor.logits(torch.from_numpy(images)).numpy(),
+            classes=self.classes,
+            shape=self.input_shape,
+            preprocessing=self.style,
+            source=str(run.run_dir),
+        )
         self.replicas = ReplicaPool(run.model, replicas)
         self.conv_layers = conv_layer_names(run.model)
 
@@ -136,7 +128,7 @@ class ModelService:
         Raises `ImageError` for anything that is not a usable image and `NoInkError` for an
         empty one (a blank canvas, one flat colour): there is nothing to classify.
         """
-        pixels = prepare(open_image(data), self.style, self.input_shape)
+        pixels = prepare(open_image(data, name="the upload"), self.style, self.input_shape)
         if pixels.min() == pixels.max():
             raise NoInkError("no ink: the image is one flat colour, so there is nothing to read")
         return pixels
@@ -145,16 +137,9 @@ class ModelService:
         """uint8 (C, H, W) -> float (1, C, H, W) in the run's input scale."""
         return to_model_input(torch.from_numpy(np.ascontiguousarray(pixels))[None], self.norm)
 
-    def predict(self, pixels: np.ndarray) -> Prediction:
-        images = torch.from_numpy(np.ascontiguousarray(pixels))[None]  # (1, C, H, W)
-        probabilities = self.predictor.logits(images).softmax(dim=1)[0]
-        index = int(probabilities.argmax())
-        return Prediction(
-            index=index,
-            label=self.classes[index],
-            confidence=float(probabilities[index]),
-            probabilities=tuple(float(p) for p in probabilities),
-        )
+    def predict(self, pixels: np.ndarray, top_k: int = 3) -> Prediction:
+        """The guess for uint8 (C, H, W), as `cnnlab predict` makes it for a file."""
+        return predict_arrays(pixels[None], self.classifier, top_k, files=("upload",))[0]
 
     def feature_maps(self, pixels: np.ndarray) -> list[StageMaps]:
         """Every conv and pooling output for this image, in the order the model computes them.
