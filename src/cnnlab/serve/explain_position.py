@@ -84,12 +84,12 @@ class ConvExplanation:
         if any(self.padding):
             rows, cols = self.padding
             wide = f"{rows}" if rows == cols else f"{rows} (rows) and {cols} (columns)"
-            general += f"   (x: the input with a border of zeros {wide} wide)"
+            general += f"   (x: the input padded with zeros, {wide} wide)"
         lines = [general]
         if len(self.terms) == 1:
             term = self.terms[0]  # one line per filter row m
             for m, (xs, ws) in enumerate(zip(term.window, term.weights)):
-                products = " + ".join(f"{_num(x)}*{_num(w)}" for x, w in zip(xs, ws))
+                products = " + ".join(f"{x:.3f}\u00d7{_num(w)}" for x, w in zip(xs, ws))
                 lines.append((lead if m == 0 else f"{indent}+ ") + products)
             lines.append(f"{indent}+ {_num(self.bias)}")
             lines.append(f"{indent}= {_num(term.partial_sum)} + {_num(self.bias)}")
@@ -106,8 +106,9 @@ class ConvExplanation:
 
 
 def _num(value: float) -> str:
+    """3 decimals, negative numbers in brackets so that '+ (-0.081)' reads as a sum."""
     text = f"{value:.3f}"
-    return f"({text})" if value < 0 else text
+    return f"({text})" if text.startswith("-") else text
 
 
 def _pair(value) -> tuple[int, int]:

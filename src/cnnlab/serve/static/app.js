@@ -563,7 +563,7 @@ function showExplanation(e, stage) {
   ));
   body.push(el("p", {
     class: `check ${e.matches ? "ok" : "bad"}`,
-    text: e.matches ? `\u2713 the same, to within 0.0001 (difference ${e.difference.toExponential(1)})`
+    text: e.matches ? `\u2713 the same, to within 0.0001 (difference ${e.difference ? e.difference.toExponential(1) : 0})`
       : `\u2717 they differ by ${e.difference.toExponential(2)}`,
   }));
   $("explain-body").replaceChildren(...body);
