@@ -88,13 +88,13 @@ def test_page_and_its_files_are_served_from_here(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="pad"' in page.text
     texts = [page.text]
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "colours.js", "explain.js", "style.css"):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200
         texts.append(response.text)
     for text in texts:  # nothing loaded from elsewhere: it works offline
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
-    assert "touch-action: none" in texts[2]
+    assert "touch-action: none" in texts[-1]
 
 
 def test_healthz_openapi_and_unknown_routes(client):
@@ -402,7 +402,7 @@ def test_explain_equals_the_models_own_conv_output(client, run_dir, images):
                 e["terms"][0]["window"], padded[row : row + 3, col : col + 3].numpy()
             )
             assert e["input_rows"] == [row - 1, row, row + 1]
-            assert len(e["formula"]) == 7 and e["formula"][0].startswith("y[i,j] = sum_m sum_n")
+            assert len(e["formula"]) == 8 and e["formula"][0].startswith("y[i,j] = sum_m sum_n")
     corner = client.post(
         "/api/explain",
         json={"input": answer["input"], "layer": "conv1", "channel": 0, "row": 0, "col": 0},

@@ -49,7 +49,7 @@ def offline(run_dir, images: list[bytes]):
     model = run.model.eval()
     answers = []
     for data in images:
-        pixels = prepare(open_image(data), "resize", (1, 28, 28))
+        pixels = prepare(open_image(data), "resize", (1, 28, 28)).copy()
         x = to_model_input(torch.from_numpy(pixels)[None], run.normalization)
         with torch.no_grad():
             label = str(int(model(x).argmax()))

@@ -84,22 +84,25 @@ class ConvExplanation:
         if any(self.padding):
             rows, cols = self.padding
             wide = f"{rows}" if rows == cols else f"{rows} (rows) and {cols} (columns)"
-            general += f"   (x: the input padded with zeros, {wide} wide)"
-        lines = [general]
+            lines = [general, f"(x: the input padded with zeros, {wide} wide)"]
+        else:
+            lines = [general]
         if len(self.terms) == 1:
             term = self.terms[0]  # one line per filter row m
             for m, (xs, ws) in enumerate(zip(term.window, term.weights)):
-                products = " + ".join(f"{x:.3f}\u00d7{_num(w)}" for x, w in zip(xs, ws))
+                products = " + ".join(f"{x:.3f}\u00d7{w:.3f}" for x, w in zip(xs, ws))
+                products = products.replace("-", "\u2212")  # a minus sign, not a hyphen
                 lines.append((lead if m == 0 else f"{indent}+ ") + products)
             lines.append(f"{indent}+ {_num(self.bias)}")
             lines.append(f"{indent}= {_num(term.partial_sum)} + {_num(self.bias)}")
         else:
-            lines.append(
-                f"{lead}sum_c (sum_m sum_n x_c[{i}+m, {j}+n] * w_c[m,n]) + b, "
-                f"over {len(self.terms)} input channels c"
-            )
-            sums = " + ".join(_num(t.partial_sum) for t in self.terms)
-            lines.append(f"{indent}= {sums} + {_num(self.bias)}")
+            lines.append(f"{lead}sum_c sum_m sum_n x_c[{i}+m, {j}+n] * w_c[m,n] + b")
+            lines.append(f"(c: the {len(self.terms)} input channels; one share per channel)")
+            sums = [_num(t.partial_sum) for t in self.terms] + [_num(self.bias)]
+            for start in range(0, len(sums), 6):  # six shares a line
+                lines.append(
+                    f"{indent}{'=' if start == 0 else '+'} " + " + ".join(sums[start : start + 6])
+                )
         model = f"(the model computed {self.model_value:.4f})"
         lines.append(f"{indent}= {self.reference:.4f}   {model}")
         return lines
