@@ -3,6 +3,7 @@
     cnnlab train --data-dir ../shared/data
     cnnlab eval runs/<run>
     cnnlab predict my-digit.png --run runs/<run>
+    cnnlab serve --run runs/<run>
     cnnlab --help
 
 Every subcommand lives in one module of this package that exposes `register(subparsers)`.
@@ -16,10 +17,10 @@ import os
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import bench, catalog, compare, figures, predict, runs, teach, training
+from cnnlab.cli import bench, catalog, compare, figures, predict, runs, serve, teach, training
 from cnnlab.errors import CnnlabError
 
-COMMAND_MODULES = (training, runs, predict, figures, compare, teach, bench, catalog)
+COMMAND_MODULES = (training, runs, predict, figures, compare, teach, serve, bench, catalog)
 
 
 def build_parser() -> argparse.ArgumentParser:
