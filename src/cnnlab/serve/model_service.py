@@ -118,8 +118,6 @@ class ModelService:
         self.style = preprocessing_for(run.config)
         self.norm = run.normalization
         predictor = Predictor(run.model, EvalSettings(norm=self.norm))  # fp32: exact batch-1
-            run.model, EvalSettings(norm=self.norm)
-        )  # fp32: batch-1 answers, exact
         self.classifier = Classifier(
             logits=lambda images: predictor.logits(torch.from_numpy(images)).numpy(),
             classes=self.classes,
