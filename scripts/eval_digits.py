@@ -35,10 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in predict_files(files, classifier, top_k=1):
         path = Path(result.file)
         kinds = ["all", path.suffix.lower().lstrip(".")]
-        if isinstance(result, Failure):
-            right = 0
-        else:
-            right = int(result.label == path.parent.name)
+        right = 0 if isinstance(result, Failure) else int(result.label == path.parent.name)
         for kind in kinds:
             tally[kind][0] += right
             tally[kind][1] += 1
