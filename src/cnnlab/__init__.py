@@ -4,57 +4,57 @@
 >>> model = cnnlab.create_model(cnnlab.ModelConfig("cnn"))
 >>> cnnlab.count_parameters(model)
 50378
+
+Importing cnnlab is cheap and changes nothing global: the names below are loaded (with PyTorch)
+on first use, so `cnnlab --help` starts at once.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from cnnlab.config import TrainConfig, preset_config  # noqa: E402
-from cnnlab.data import get_dataset, list_datasets
-from cnnlab.data.sources import load_dataset, resolve_data_root
-from cnnlab.data.splits import make_splits
-from cnnlab.errors import (  # noqa: E402
-    CheckpointError,
-    CnnlabError,
-    ConfigError,
-    DataError,
-    TrainingError,
-)
-from cnnlab.metrics import confusion_matrix, evaluate
-from cnnlab.models import (  # noqa: E402
-    ModelConfig,
-    count_parameters,
-    create_model,
-    list_models,
-    register_model,
-)
-from cnnlab.run import load_run
-from cnnlab.runtime import resolve_runtime, seed_everything  # noqa: E402
-from cnnlab.train import fit, train_one_epoch  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "TrainConfig": "cnnlab.config",
+    "preset_config": "cnnlab.config",
+    "get_dataset": "cnnlab.data",
+    "list_datasets": "cnnlab.data",
+    "load_dataset": "cnnlab.data.sources",
+    "resolve_data_root": "cnnlab.data.sources",
+    "make_splits": "cnnlab.data.splits",
+    "DeviceLoader": "cnnlab.data.loader",
+    "CheckpointError": "cnnlab.errors",
+    "CnnlabError": "cnnlab.errors",
+    "ConfigError": "cnnlab.errors",
+    "DataError": "cnnlab.errors",
+    "TrainingError": "cnnlab.errors",
+    "confusion_matrix": "cnnlab.metrics",
+    "evaluate": "cnnlab.metrics",
+    "ModelConfig": "cnnlab.models",
+    "count_parameters": "cnnlab.models",
+    "create_model": "cnnlab.models",
+    "list_models": "cnnlab.models",
+    "register_model": "cnnlab.models",
+    "load_run": "cnnlab.run",
+    "configure_process": "cnnlab.runtime",
+    "resolve_runtime": "cnnlab.runtime",
+    "seed_everything": "cnnlab.runtime",
+    "fit": "cnnlab.train",
+    "train_one_epoch": "cnnlab.train",
+}
 
-__all__ = [
-    "CheckpointError",
-    "CnnlabError",
-    "ConfigError",
-    "DataError",
-    "DeviceLoader",
-    "ModelConfig",
-    "TrainConfig",
-    "TrainingError",
-    "confusion_matrix",
-    "count_parameters",
-    "create_model",
-    "evaluate",
-    "fit",
-    "get_dataset",
-    "list_datasets",
-    "list_models",
-    "load_dataset",
-    "load_run",
-    "make_splits",
-    "preset_config",
-    "register_model",
-    "resolve_data_root",
-    "resolve_runtime",
-    "seed_everything",
-    "train_one_epoch",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
