@@ -13,11 +13,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cnnlab.data import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class ModelConfig:
 
     def to_json(self) -> dict:
         return asdict(self) | {"input_shape": list(self.input_shape)}
+
+    @classmethod
+    def for_dataset(cls, name: str, spec: DatasetSpec, options: dict | None = None) -> ModelConfig:
+        """Model `name` sized for a dataset: its image shape in, one output per class."""
+        return cls(name, tuple(spec.shape), spec.num_classes, dict(options or {}))
 
     @classmethod
     def from_json(cls, data: dict) -> ModelConfig:

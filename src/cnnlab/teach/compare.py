@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from cnnlab.data.splits import DataSplits
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import Runtime
+from cnnlab.stats import mean_std
 from cnnlab.train import fit
 from cnnlab.viz import save_figure
 from cnnlab.viz.tutorial import comparison_figure
@@ -44,8 +44,7 @@ class Contender:
     description: str = ""
 
     def model_config(self, dataset: str) -> ModelConfig:
-        spec = get_dataset(dataset)
-        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.options))
+        return ModelConfig.for_dataset(self.model, get_dataset(dataset), self.options)
 
 
 CONTENDERS = (
@@ -89,20 +88,20 @@ class ModelSummary:
 
     @property
     def accuracy_mean(self) -> float:
-        return statistics.fmean(self.accuracies)
+        return mean_std(self.accuracies)[0]
 
     @property
     def accuracy_std(self) -> float | None:
         """Sample standard deviation over seeds; None for a single seed."""
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else None
+        return mean_std(self.accuracies)[1]
 
     @property
     def seconds_mean(self) -> float:
-        return statistics.fmean(self.seconds)
+        return mean_std(self.seconds)[0]
 
     @property
     def seconds_std(self) -> float | None:
-        return statistics.stdev(self.seconds) if len(self.seconds) > 1 else None
+        return mean_std(self.seconds)[1]
 
     def to_json(self) -> dict:
         return asdict(self) | {

@@ -9,7 +9,6 @@ Pure functions that return matplotlib Figures; write them with `cnnlab.viz.save_
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 
 import matplotlib
@@ -17,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from cnnlab.stats import mean_std
 from cnnlab.teach.featuremaps import FeatureMaps, Stage
 from cnnlab.viz import subplots
 
@@ -250,6 +250,6 @@ def comparison_figure(
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (0 for a single value, drawn without error bar)."""
+    mean, std = mean_std(values)
+    return mean, std or 0.0
