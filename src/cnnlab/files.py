@@ -53,11 +53,11 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a file; every problem is one `CheckpointError` naming the file."""
+    raw = read_bytes(path, CheckpointError, what="a JSON file")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -86,23 +86,39 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
 
 
-def require_regular_file(path: Path, error: type[CnnlabError], max_bytes: int | None = None) -> int:
+def require_regular_file(
+    path: Path, error: type[CnnlabError], max_bytes: int | None = None, what: str = "a file"
+) -> int:
     """The size of `path` if it is a regular file (after symlinks) of at most `max_bytes`.
 
     Devices, FIFOs and folders are refused before anything is read: reading `/dev/zero` would
-    exhaust memory and a FIFO would block forever.
+    exhaust memory and a FIFO would block forever. `what` names the file expected in the message
+    for a folder ("expected an IDX file, found a folder").
     """
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{path}: not found") from None
+        raise error(f"{path}: file not found") from None
     except OSError as err:
         raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{path}: expected {what}, found a folder")
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{path}: not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
         raise error(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} expected")
     return info.st_size
+
+
+def read_bytes(
+    path: Path, error: type[CnnlabError], max_bytes: int | None = None, what: str = "a file"
+) -> bytes:
+    """The contents of the regular file `path`: every problem is one `error` naming the file."""
+    require_regular_file(path, error, max_bytes, what)
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def refuse_pickle(path: Path) -> None:
