@@ -49,7 +49,17 @@ def download(spec: DatasetSpec, root: Path) -> None:
         ) from None
 
 
-def load_split(spec: DatasetSpec, root: Path, train: bool) -> Split:
+def ensure_present(spec: DatasetSpec, root: Path, allow_download: bool = True) -> None:
+    """Download the dataset through torchvision unless all its files are under `root`."""
+    if not is_present(spec, root):
+        if not allow_download:
+            raise DataError(f"{spec.name} is not in {root / spec.raw_folder}")
+        download(spec, root)
+
+
+def load_split(spec: DatasetSpec, root: Path, train: bool, allow_download: bool = True) -> Split:
+    """The training (`train`) or test split, validated; downloaded first if files are missing."""
+    ensure_present(spec, root, allow_download)
     images_name, labels_name = spec.files(train)
     folder = root / spec.raw_folder
     images, labels = read_idx_pair(folder / images_name, folder / labels_name, spec.num_classes)
@@ -63,8 +73,7 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> Split:
 
 def load_dataset(spec: DatasetSpec, root: Path, allow_download: bool = True):
     """Return `(train, test)` splits, downloading through torchvision if the files are missing."""
-    if not is_present(spec, root):
-        if not allow_download:
-            raise DataError(f"{spec.name} is not in {root / spec.raw_folder}")
-        download(spec, root)
-    return load_split(spec, root, train=True), load_split(spec, root, train=False)
+    ensure_present(spec, root, allow_download)
+    return load_split(spec, root, True, allow_download), load_split(
+        spec, root, False, allow_download
+    )
