@@ -11,13 +11,15 @@ import json
 import os
 import secrets
 import stat
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
-from cnnlab.errors import CheckpointError, CnnlabError, OutputError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, OutputError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
@@ -119,6 +121,32 @@ def read_bytes(
         return Path(path).read_bytes()
     except OSError as err:
         raise error(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def prepare_output_dir(
+    path: Path, owned: Sequence[str], overwrite: bool = False, refusal: str = ""
+) -> Path:
+    """Create (or, with `overwrite`, reuse) a folder for cnnlab's files `owned`; check that it
+    can be written before any work starts.
+
+    A folder that is not empty is refused with the message `refusal` unless `overwrite`; then
+    only the `owned` files are removed, never the user's other files.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(refusal or f"{path} is not empty; pass --overwrite to replace its files")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to output folder {path}: {err.strerror or err}") from None
+    if overwrite:
+        for name in owned:
+            (path / name).unlink(missing_ok=True)
+    return path
 
 
 def refuse_pickle(path: Path) -> None:

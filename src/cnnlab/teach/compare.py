@@ -24,7 +24,6 @@ from cnnlab import files
 from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset
 from cnnlab.data.splits import DataSplits
-from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import Runtime
 from cnnlab.stats import mean_std
@@ -208,20 +207,13 @@ def write_results(
 
 
 def prepare_compare_dir(out_dir: Path, overwrite: bool = False) -> Path:
-    """Create `out_dir`; refuse one that already holds a comparison unless `overwrite`."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output {out_dir} exists and is not a folder")
-    if (out_dir / RESULTS_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"{out_dir} already holds a comparison ({RESULTS_FILE}); pass --overwrite to "
-            f"replace it, or choose another --out"
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {out_dir}: {err.strerror or err}") from None
-    return out_dir
+    """Create `out_dir`, as a run folder is created: a folder that is not empty is refused
+    unless `overwrite`, which replaces only the comparison's own files."""
+    refusal = (
+        f"comparison folder {out_dir} already exists and is not empty; pass --overwrite to "
+        f"replace its {RESULTS_FILE} and {FIGURE_FILE}, or choose another --out"
+    )
+    return files.prepare_output_dir(out_dir, (RESULTS_FILE, FIGURE_FILE), overwrite, refusal)
 
 
 def comparison_title(comparison: Comparison) -> str:
