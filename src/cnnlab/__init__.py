@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from cnnlab.config import TrainConfig, preset_config  # noqa: E402
 from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data.loader import DeviceLoader
 from cnnlab.data.sources import load_dataset, resolve_data_root
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import (  # noqa: E402
@@ -17,6 +18,7 @@ from cnnlab.errors import (  # noqa: E402
     CnnlabError,
     ConfigError,
     DataError,
+    EvaluationError,
     TrainingError,
 )
 from cnnlab.metrics import confusion_matrix, evaluate
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DeviceLoader",
+    "EvaluationError",
     "ModelConfig",
     "TrainConfig",
     "TrainingError",

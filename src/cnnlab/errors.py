@@ -27,3 +27,7 @@ class OutputError(CnnlabError):
 
 class TrainingError(CnnlabError):
     """Training stopped: a non-finite loss or an out-of-memory error."""
+
+
+class EvaluationError(CnnlabError):
+    """Predictions failed: the device ran out of memory even for one image at a time."""

@@ -156,6 +156,17 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
+CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation failure on any device: `torch.OutOfMemoryError` (CUDA and other
+    accelerators), or the plain RuntimeError that the CPU and MPS allocators raise."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in CPU_OUT_OF_MEMORY)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
