@@ -1,4 +1,4 @@
-"""cnnlab: convolutional neural networks on small image datasets.
+"""cnnlab's public API: convolutional neural networks on small image datasets.
 
 >>> import cnnlab
 >>> model = cnnlab.create_model(cnnlab.ModelConfig("cnn"))

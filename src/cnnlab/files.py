@@ -1,7 +1,10 @@
-"""Files: atomic writes, JSON, safetensors with JSON metadata, and refusing pickles.
+"""Files on disk, handled safely: atomic writes, validated reads, JSON, safetensors, no pickles.
 
 Every file is written to a temporary name in the same folder and moved into place with
-`os.replace`, so a crash or kill leaves the previous good version. Nothing is ever unpickled.
+`os.replace`, so a crash or kill leaves the previous good version. Every read checks that the
+path is a regular file first and turns each problem into one typed error naming the file.
+Output folders are prepared (and checked writable) before any work starts. Nothing is ever
+unpickled.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model registry, the tutorial's CNN and the MLP baseline it argues against.
+"""The models cnnlab trains, by name: the tutorial's CNN, its MLP baseline, the speed-run CNN.
 
 Every model is built from the input shape and the class count, so the linear layers follow the
 data. A model is described by a `ModelConfig` that run folders store as JSON and rebuild from:

@@ -2,7 +2,8 @@
 
 The CLI resolves these once (`resolve_runtime`, pure) and passes the result down; the one function
 that changes the process (`configure_process`) is called once by the entry point. Library code
-reads no global settings.
+reads no global settings. `is_out_of_memory` tells a device's allocation failure from other
+errors, whatever the device.
 """
 
 from __future__ import annotations

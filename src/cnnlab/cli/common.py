@@ -1,4 +1,4 @@
-"""Argument types and options shared by several subcommands."""
+"""What the subcommands share: argument types, common options, plain tables, figure paths."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def register_explain(subparsers) -> None:
     p = subparsers.add_parser(
         "explain",
         help="a small worked example of conv, pool or batchnorm, step by step",
-        description="Work a tiny example by hand with cnnlab.layers, and check it against "
+        description="Work a tiny example by hand with cnnlab.teach.layers, and check it against "
         "torch.nn.functional.",
     )
     topics = p.add_subparsers(dest="topic", required=True)

@@ -2,7 +2,7 @@
 
 Pure functions that return matplotlib Figures; write them with `cnnlab.viz.save_figure`.
 
->>> maps = capture_feature_maps(model, x)                 # cnnlab.featuremaps
+>>> maps = capture_feature_maps(model, x)                 # cnnlab.teach.featuremaps
 >>> save_figure(feature_maps_figure(maps, block_outputs(maps), "Feature maps"), Path("maps.png"))
 """
 
