@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab.data import DATASETS
+from cnnlab.data import DATASETS, list_datasets
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -48,10 +48,10 @@ def write_fake_dataset(root: Path, name: str = "mnist", n_train=600, n_test=200,
 
 @pytest.fixture
 def fake_root(tmp_path: Path) -> Path:
-    """A data root holding small synthetic MNIST and Fashion-MNIST."""
+    """A data root holding a small synthetic copy of every registered dataset (MNIST: seed 0)."""
     root = tmp_path / "data"
-    write_fake_dataset(root, "mnist")
-    write_fake_dataset(root, "fashion-mnist", seed=1)
+    for seed, name in enumerate(["mnist", *(n for n in list_datasets() if n != "mnist")]):
+        write_fake_dataset(root, name, seed=seed)
     return root
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+from cnnlab.bench import BenchReport, InferenceRate, LoopRuns
 from cnnlab.cli import main
+from cnnlab.cli.bench import print_report
 from cnnlab.run import read_metrics
+from cnnlab.runtime import Runtime
 from tests.conftest import strip_timing
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -140,6 +145,52 @@ def test_datasets_and_models_listings(fake_root, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^cnn\s+50,378\s", out, re.M)
     assert re.search(r"^mlp\s+101,770\s", out, re.M)
+
+
+BENCH_MODES = ("--speedrun", "--ablation", "--profile", "--accuracy")
+
+
+@pytest.mark.parametrize("first,second", list(itertools.combinations(BENCH_MODES, 2)))
+def test_bench_modes_exclude_each_other(first, second, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", first, second])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"cnnlab bench: error: argument {second}: not allowed with argument {first}"
+    )
+
+
+def test_bench_prints_its_report(capsys):
+    report = BenchReport(
+        runtime=Runtime(torch.device("cpu"), "fp32", True, 2),
+        threads=2,
+        steps=300,
+        batch_size=64,
+        model="cnn",
+        epoch_images=60_000,
+        tutorial=LoopRuns("tutorial loop", (1000.0, 3000.0, 2000.0)),
+        cnnlab=LoopRuns("cnnlab train", (5000.0, 4000.0, 6000.0)),
+        forward_flops_per_image=7_740_000,
+        limit_batch=512,
+        limit_gflops={"bf16": 1000.0, "fp32": 250.0},
+        inference=(InferenceRate(1, 2432.0, True), InferenceRate(1000, 28266.0, False)),
+    )
+    print_report(report)
+    # by hand: 5,000 / 2,000 images/s; 5,000 x 3 x 7.74 MFLOP = 116.1 GFLOP/s, 46.44% of fp32's
+    # 250; 60,000 x 23.22 MFLOP / 250 GFLOP/s = 5.57 s
+    assert capsys.readouterr().out.splitlines() == [
+        "(a) tutorial loop:        2,000 images/s",
+        "(b) cnnlab train:         5,000 images/s  (2.50x the tutorial loop)",
+        "model: 7.74 MFLOP forward per image, 23.22 MFLOP per training image (3x)",
+        "(b) achieves 116 GFLOP/s",
+        "(c) limit, conv2 shape at batch 512: bf16 1000 GFLOP/s, fp32 250 GFLOP/s",
+        "(b) is 46.4% of the limit; an epoch at the limit would take 5.6 s",
+        "inference (batch norm NOT folded): 2,432 images/s at batch 1, "
+        "28,266 images/s at batch 1000",
+        "(medians over repeats; per-repeat figures are in --json)",
+    ]
 
 
 def test_subprocess_smoke(fake_root, tmp_path):

@@ -130,9 +130,11 @@ def test_prepare_compare_dir(tmp_path):
         compare.prepare_compare_dir(tmp_path / "file")
     folder = compare.prepare_compare_dir(tmp_path / "new" / "cmp")
     (folder / compare.RESULTS_FILE).write_text("{}")
-    with pytest.raises(ConfigError, match="already holds a comparison"):
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already exists and is not empty; pass --overwrite"):
         compare.prepare_compare_dir(folder)
     assert compare.prepare_compare_dir(folder, overwrite=True) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # only its own files go
 
 
 def test_comparison_figure_with_one_seed(tmp_path):

@@ -14,6 +14,7 @@ from cnnlab.data.preprocess import Normalization, to_model_input
 from cnnlab.data.sources import is_present, load_dataset, resolve_data_root
 from cnnlab.data.splits import Split, make_splits
 from cnnlab.errors import ConfigError
+from tests.conftest import write_fake_dataset
 
 
 def test_registry_has_mnist_and_fashion_mnist():
@@ -31,22 +32,52 @@ def test_data_root_order(tmp_path):
     assert resolve_data_root(None, {}) == Path.home() / ".cache" / "cnnlab"
 
 
-def test_synthetic_files_load_like_the_real_layout(fake_root):
-    spec = get_dataset("mnist")
-    assert is_present(spec, fake_root)
-    train, test = load_dataset(spec, fake_root)
-    assert train.images.shape == (600, 1, 28, 28) and train.images.dtype == torch.uint8
+@pytest.mark.parametrize("name", list_datasets())
+def test_registered_dataset_is_consistent(name):
+    spec = get_dataset(name)
+    assert spec.name == name
+    assert len(spec.shape) == 3 and all(d >= 1 for d in spec.shape)
+    assert spec.num_classes == len(spec.classes) == len(set(spec.classes)) >= 2
+    assert 0 < spec.mean < 1 and 0 < spec.std < 1
+    files = [f for train in (True, False) for f in spec.files(train)]
+    assert len(set(files)) == 4
+    norm = spec.normalization(True)
+    assert (norm.mean, norm.std) == (spec.mean, spec.std)
+    assert spec.normalization(False) == Normalization()
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_synthetic_files_load_like_the_real_layout(tmp_path, name):
+    spec = get_dataset(name)
+    root = write_fake_dataset(tmp_path / "data", name)
+    assert is_present(spec, root)
+    train, test = load_dataset(spec, root, allow_download=False)
+    assert train.images.shape == (600, *spec.shape) and train.images.dtype == torch.uint8
+    assert test.images.shape == (200, *spec.shape)
     assert test.labels.shape == (200,) and test.labels.dtype == torch.int64
+    assert int(train.labels.max()) < spec.num_classes
 
 
-def test_real_mnist_matches_torchvision(data_root):
-    """Our reader against torchvision's own MNIST class on the same files."""
-    from torchvision.datasets import MNIST
+@pytest.mark.parametrize("name", list_datasets())
+def test_real_data_matches_torchvision(data_root, name):
+    """Our reader against torchvision's own dataset class on the same files."""
+    import torchvision.datasets
 
-    train, test = load_dataset(get_dataset("mnist"), data_root, allow_download=False)
-    reference = MNIST(root=str(data_root), train=False, download=False)
-    assert torch.equal(test.images[:, 0], reference.data)
-    assert torch.equal(test.labels, reference.targets)
+    spec = get_dataset(name)
+    if not is_present(spec, data_root):
+        pytest.skip(f"{name} is not in {data_root / spec.raw_folder}")
+    train, test = load_dataset(spec, data_root, allow_download=False)
+    assert (len(train), len(test)) == (spec.train_size, spec.test_size)
+    torchvision_class = getattr(torchvision.datasets, spec.torchvision_class)
+    for ours, is_train in ((train, True), (test, False)):
+        reference = torchvision_class(root=str(data_root), train=is_train, download=False)
+        assert torch.equal(ours.images[:, 0], reference.data)
+        assert torch.equal(ours.labels, reference.targets)
+        assert len(reference.classes) == spec.num_classes
+
+
+def test_real_mnist_class_counts(data_root):
+    train, _ = load_dataset(get_dataset("mnist"), data_root, allow_download=False)
     counts = torch.bincount(train.labels).tolist()
     assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

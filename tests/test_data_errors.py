@@ -18,10 +18,10 @@ import torchvision.datasets
 import torchvision.datasets.utils
 
 from cnnlab.cli import main
-from cnnlab.data import DATASETS, get_dataset
+from cnnlab.data import DATASETS, get_dataset, list_datasets
 from cnnlab.data.sources import load_dataset
 from cnnlab.errors import DataError
-from tests.conftest import idx_bytes, one_error_line, write_fake_dataset
+from tests.conftest import idx_bytes, one_error_line
 
 MNIST_RAW = Path("MNIST") / "raw"
 ALL_FILES = (
@@ -105,29 +105,38 @@ def small_images(path: Path) -> None:
     path.write_bytes(idx_bytes(np.zeros((600, 20, 20), np.uint8)))
 
 
+# (split, file of the split: 0 images / 1 labels, corruption, problem as `str.format` of the spec)
 CORRUPTIONS = [
-    ("train-images-idx3-ubyte", truncate, "truncated: header declares 600x28x28 values"),
-    ("t10k-labels-idx1-ubyte", wrong_magic, "not an IDX file (bad magic number 1f8b0808)"),
-    ("train-labels-idx1-ubyte", one_label_short, "has 600 images but"),
-    ("train-labels-idx1-ubyte", empty, "file is empty or shorter than the 4-byte IDX header"),
-    ("t10k-labels-idx1-ubyte", label_ten, "label 10 at index 7 is out of range 0..9"),
-    ("train-images-idx3-ubyte", small_images, "images are (20, 20), mnist needs (28, 28)"),
+    ("train", 0, truncate, "truncated: header declares 600x{h}x{w} values"),
+    ("test", 1, wrong_magic, "not an IDX file (bad magic number 1f8b0808)"),
+    ("train", 1, one_label_short, "has 600 images but"),
+    ("train", 1, empty, "file is empty or shorter than the 4-byte IDX header"),
+    ("test", 1, label_ten, "label 10 at index 7 is out of range 0..{last}"),
+    ("train", 0, small_images, "images are (20, 20), {name} needs ({h}, {w})"),
 ]
+CASES = [(dataset, *c) for dataset in list_datasets() for c in CORRUPTIONS]
+CASE_IDS = [f"{c[0]}-{c[3].__name__}" for c in CASES]
 
 
-@pytest.mark.parametrize(
-    ("name", "corrupt", "problem"), CORRUPTIONS, ids=[c[1].__name__ for c in CORRUPTIONS]
-)
-def test_corrupt_file_gives_one_line_naming_file(
-    fake_root, tmp_path, capsys, network_attempts, name, corrupt, problem
-):
-    path = fake_root / MNIST_RAW / name
+def corrupted(root: Path, dataset: str, split: str, which: int, corrupt) -> tuple[Path, dict]:
+    """Corrupt one file of `dataset` under `root`: its path, and the spec's fields for messages."""
+    spec = get_dataset(dataset)
+    path = root / spec.raw_folder / spec.files(split == "train")[which]
     corrupt(path)
+    _, h, w = spec.shape
+    return path, {"name": spec.name, "h": h, "w": w, "last": spec.num_classes - 1}
+
+
+@pytest.mark.parametrize(("dataset", "split", "which", "corrupt", "problem"), CASES, ids=CASE_IDS)
+def test_corrupt_file_gives_one_line_naming_file(
+    fake_root, tmp_path, capsys, network_attempts, dataset, split, which, corrupt, problem
+):
+    path, fields = corrupted(fake_root, dataset, split, which, corrupt)
     out = tmp_path / "run"
-    assert train(fake_root, out) == 1
+    assert train(fake_root, out, "--dataset", dataset) == 1
     line = one_error_line(capsys)
     assert str(path) in line
-    assert problem in line
+    assert problem.format(**fields) in line
     assert not out.exists(), "the data is checked before the run folder is made"
     assert network_attempts == []
 
@@ -166,28 +175,27 @@ def test_corrupt_test_file_through_eval(fake_root, tmp_path, capsys):
 # --- the library raises DataError --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "corrupt", "problem"), CORRUPTIONS, ids=[c[1].__name__ for c in CORRUPTIONS]
-)
-def test_load_dataset_raises_data_error(fake_root, name, corrupt, problem):
-    path = fake_root / MNIST_RAW / name
-    corrupt(path)
+@pytest.mark.parametrize(("dataset", "split", "which", "corrupt", "problem"), CASES, ids=CASE_IDS)
+def test_load_dataset_raises_data_error(fake_root, dataset, split, which, corrupt, problem):
+    path, fields = corrupted(fake_root, dataset, split, which, corrupt)
     with pytest.raises(DataError) as info:
-        load_dataset(get_dataset("mnist"), fake_root, allow_download=False)
+        load_dataset(get_dataset(dataset), fake_root, allow_download=False)
     assert str(path) in str(info.value)
-    assert problem in str(info.value)
+    assert problem.format(**fields) in str(info.value)
 
 
-def test_missing_files_without_download_name_the_folder(tmp_path):
+@pytest.mark.parametrize("dataset", list_datasets())
+def test_missing_files_without_download_name_the_folder(tmp_path, dataset):
+    spec = get_dataset(dataset)
     with pytest.raises(DataError) as info:
-        load_dataset(get_dataset("mnist"), tmp_path, allow_download=False)
-    assert str(tmp_path / MNIST_RAW) in str(info.value)
+        load_dataset(spec, tmp_path, allow_download=False)
+    assert str(tmp_path / spec.raw_folder) in str(info.value)
 
 
 # --- missing data while offline -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("dataset", list_datasets())
 def test_offline_download_names_folder_and_expected_files(
     tmp_path, capsys, network_attempts, failing_download, dataset
 ):
@@ -197,7 +205,8 @@ def test_offline_download_names_folder_and_expected_files(
     folder = root / DATASETS[dataset].raw_folder
     assert f"{dataset} is not in {folder} and could not be downloaded" in line
     assert "URLError" in line
-    assert all(name in line for name in ALL_FILES)
+    spec = get_dataset(dataset)
+    assert all(name in line for train in (True, False) for name in spec.files(train))
     assert "--data-dir" in line
     assert failing_download == [root]
     assert network_attempts == []
@@ -245,11 +254,3 @@ def test_offline_at_socket_level_is_one_line(tmp_path, capsys, network_attempts)
     assert str(root / MNIST_RAW) in captured.err
     assert all(name in captured.err for name in ALL_FILES)
     assert len(captured.err.splitlines()) == 1, captured.err
-
-
-def test_second_dataset_is_checked_too(tmp_path, capsys):
-    root = write_fake_dataset(tmp_path / "data", "fashion-mnist")
-    path = root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
-    wrong_magic(path)
-    assert train(root, tmp_path / "run", "--dataset", "fashion-mnist") == 1
-    assert str(path) in one_error_line(capsys)

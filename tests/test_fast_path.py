@@ -3,12 +3,21 @@ the plain fp32 path computes, within the tolerance of its precision; bf16 only w
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cnnlab import runtime as runtime_module
-from cnnlab.bench import ablation_bench, forward_flops_per_image, profile_step, run_bench
+from cnnlab.bench import (
+    BenchPlan,
+    ablation_bench,
+    forward_flops_per_image,
+    profile_step,
+    run_bench,
+)
+from cnnlab.bench import timing as bench_timing
 from cnnlab.config import TrainConfig, preset_config
 from cnnlab.data import get_dataset
 from cnnlab.data.sources import load_dataset
@@ -17,7 +26,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model, list_models
 from cnnlab.predict import Predictor
 from cnnlab.runtime import Runtime, autocast, resolve_precision, resolve_runtime
-from cnnlab.train import fit, make_optimizer
+from cnnlab.train import fit, make_optimizer, train_step
 
 CPU = torch.device("cpu")
 BF16 = runtime_module.bf16_supported(CPU)
@@ -128,21 +137,92 @@ def test_folded_predictor_matches_the_model(name):
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
+# 2 x multiply-adds of conv1 (28*28*32*9), conv2 (14*14*64*32*9) and fc (3136*10)
+TUTORIAL_CNN_FLOPS = 2 * (28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 10)
+
+
 def test_forward_flops_match_the_tutorial_layers():
-    """2 x multiply-adds of conv1 (28*28*32*9), conv2 (14*14*64*32*9) and fc (3136*10)."""
     flops = forward_flops_per_image(create_model(ModelConfig("cnn")), (1, 28, 28))
-    assert flops == 2 * (28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 10)
+    assert flops == TUTORIAL_CNN_FLOPS
     assert round(flops / 1e6, 2) == 7.74
 
 
-def test_bench_reports_every_figure(fake_root):
-    report = run_bench(fake_root, resolve_runtime("cpu"), steps=3, repeats=1, log=lambda _: None)
-    assert report["speedup"] == pytest.approx(
-        report["cnnlab_images_per_second"] / report["tutorial_images_per_second"]
+class FakeClock:
+    """A clock that moves on by `tick` seconds at every read, recording each read in `events`."""
+
+    def __init__(self, tick: float, events: list | None = None):
+        self.tick, self.now, self.events = tick, 0.0, events if events is not None else []
+
+    def __call__(self) -> float:
+        self.events.append("clock")
+        self.now += self.tick
+        return self.now
+
+
+TINY_PLAN = BenchPlan(
+    steps=3,
+    repeats=2,
+    limit_batch=4,
+    limit_repeats=2,
+    limit_iters=2,
+    inference_batches=(1, 8),
+    inference_repeats=2,
+)
+
+
+def test_bench_counts_images_and_seconds(fake_root):
+    """With a clock that moves 0.5 s per read, every timed stretch lasts 0.5 s, so each figure
+    is the work done in it, counted by hand."""
+    runtime = Runtime(CPU, "fp32", True, torch.get_num_threads())
+    report = run_bench(
+        fake_root,
+        runtime,
+        TINY_PLAN,
+        config=TrainConfig(batch_size=32),
+        log=lambda _: None,
+        clock=FakeClock(0.5),
     )
-    assert report["limit_gflops"]["bf16"] > 0 and report["limit_gflops"]["fp32"] > 0
-    assert report["train_flops_per_image"] == 3 * report["forward_flops_per_image"]
-    assert set(report["inference_images_per_second"]) == {"batch_1", "batch_1000"}
+    assert report.tutorial.runs == (3 * 64 / 0.5,) * 2  # 3 steps of the tutorial's batch 64
+    assert report.cnnlab.runs == (3 * 32 / 0.5,) * 2  # 3 steps of batch 32
+    assert report.speedup == 0.5
+    assert report.forward_flops_per_image == TUTORIAL_CNN_FLOPS
+    assert report.cnnlab_gflops == pytest.approx(192 * 3 * TUTORIAL_CNN_FLOPS / 1e9)
+    # conv2 at batch 4: 64 maps of 14x14, each value 32 x 3 x 3 multiply-adds; 2 per timed stretch
+    conv2_flops = 2 * 4 * 64 * 14 * 14 * 32 * 3 * 3
+    assert report.limit_gflops["fp32"] == pytest.approx(2 * conv2_flops / 0.5 / 1e9)
+    assert report.limit == report.limit_gflops["fp32"]
+    # (b)'s own epoch of MNIST's 60,000 images takes limit time / fraction of the limit
+    epoch_at_our_speed = 60_000 / 192
+    assert report.limit_epoch_seconds / report.fraction_of_limit == pytest.approx(
+        epoch_at_our_speed
+    )
+    # 200 images per repeat: 200 calls at batch 1, 25 calls at batch 8
+    assert [(r.batch, r.images_per_second) for r in report.inference] == [(1, 400), (8, 400)]
+    assert report.inference_folded
+    figures = json.loads(json.dumps(report.to_json()))
+    assert figures["inference_images_per_second"] == {"batch_1": 400, "batch_8": 400}
+    assert figures["tutorial_runs"] == [384, 384] and figures["repeats"] == 2
+
+
+def test_bench_waits_for_the_device_before_every_clock_read(fake_root, monkeypatch):
+    events: list = []
+    monkeypatch.setattr(bench_timing, "sync", lambda device: events.append(("sync", device)))
+    runtime = resolve_runtime("cpu", "fp32")
+    run_bench(fake_root, runtime, TINY_PLAN, log=lambda _: None, clock=FakeClock(0.5, events))
+    assert events[1::2] == ["clock"] * (len(events) // 2)
+    assert events[0::2] == [("sync", runtime.device)] * (len(events) // 2)
+    # 2 reads per timed stretch: (a) twice, (b) three times with its warm-up, 2 x 2 limit
+    # repeats, 2 x (1 + 2) inference repeats with their warm-up
+    assert len(events) == 4 * (2 + 3 + 4 + 6)
+
+
+def test_sync_waits_for_cuda_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    bench_timing.sync(CPU)
+    assert calls == []
+    bench_timing.sync(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
 
 
 def test_speedrun_preset_and_model():
@@ -165,25 +245,51 @@ def test_speedrun_on_real_mnist(data_root):
     assert result.test_accuracy >= 0.988
 
 
-def test_loss_scale_is_unchanged_by_autocast():
-    """The loss is computed in fp32 whatever the precision of the logits."""
-    logits = torch.randn(8, 10).bfloat16()
-    y = torch.randint(0, 10, (8,))
-    assert F.cross_entropy(logits.float(), y).dtype == torch.float32
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_train_step_loss_is_fp32_cross_entropy_of_its_bf16_logits(smoothing):
+    """Under bf16 autocast `train_step` returns the fp32 cross-entropy of the logits it
+    computed, the correct count of those logits, and takes one optimizer step."""
+    torch.manual_seed(0)
+    model = create_model(ModelConfig("cnn"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(output.detach()))
+    before = model.fc.weight.detach().clone()
+    loss, correct = train_step(model, optimizer, x, y, "bf16", label_smoothing=smoothing)
+    (logits,) = seen
+    assert logits.dtype == torch.bfloat16  # autocast was on
+    assert loss.dtype == torch.float32 and not loss.requires_grad
+    expected = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert int(correct) == int((logits.argmax(dim=1) == y).sum())
+    assert not torch.equal(model.fc.weight, before)
 
 
 def test_profile_names_the_step_operators():
-    rows = profile_step(resolve_runtime("cpu", "fp32"), TrainConfig(batch_size=8), steps=3)
-    names = {name for name, _, _ in rows}
+    profile = profile_step(resolve_runtime("cpu", "fp32"), TrainConfig(batch_size=8), steps=3)
+    names = {row.operator for row in profile.rows}
     assert {"aten::native_batch_norm", "aten::max_pool2d_with_indices"} <= names
     assert any("convolution" in name for name in names)
-    assert sum(share for _, _, share in rows) == pytest.approx(1.0)
+    assert sum(row.share for row in profile.rows) == pytest.approx(1.0)
+    shares = [row.ms_per_step for row in profile.rows]
+    assert shares == sorted(shares, reverse=True)
+    top = profile.top(5)
+    assert top[:5] == profile.rows[:5] and top[5].operator == "(all others)"
+    assert sum(row.ms_per_step for row in top) == pytest.approx(sum(shares))
 
 
 def test_ablation_measures_each_step(fake_root):
+    """Every loop trains 2 steps of batch 64 per 0.5 s stretch of the fake clock."""
     report = ablation_bench(
-        fake_root, resolve_runtime("cpu"), steps=2, repeats=1, log=lambda _: None
+        fake_root,
+        resolve_runtime("cpu"),
+        steps=2,
+        repeats=1,
+        log=lambda _: None,
+        clock=FakeClock(0.5),
     )
-    names = list(report["images_per_second"])
+    names = [loop.name for loop in report.loops]
     assert names[:3] == ["tutorial loop", "uint8 in memory, fp32, NCHW", "+ channels_last"]
-    assert report["speedup"]["tutorial loop"] == 1.0
+    assert all(loop.runs == (2 * 64 / 0.5,) for loop in report.loops)
+    assert all(report.speedup(loop) == 1.0 for loop in report.loops)

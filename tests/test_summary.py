@@ -12,13 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, create_model, list_models
-from cnnlab.teach.summary import (
+from cnnlab.teach.params import (
+    compare_first_layers,
     conv2d_count,
+    count_layers,
     linear_count,
-    parse_shape,
     resolution_table,
-    summarize,
 )
+from cnnlab.teach.shapes import work_out_shapes
+from cnnlab.teach.summary import human_bytes, parse_shape, summarize
 
 SHAPES = [((1, 28, 28), 10), ((3, 32, 32), 5)]
 
@@ -220,3 +222,63 @@ def test_resolution_table_grows_quadratically_for_linear_only():
     weights = [row.linear.weights for row in table]
     assert [b / a for a, b in zip(weights, weights[1:])] == [4.0, 4.0, 4.0]
     assert table[-1].linear.parameters == 19267712
+
+
+def test_summary_stages_and_memory_of_the_tutorial_cnn():
+    report = summarize(create_model(ModelConfig("cnn")), (1, 28, 28), batch_size=2)
+    assert report.stages == ("28x28", "14x14", "7x7", "flatten to 3136 (input of fc)")
+    assert report.calls("pool") == 2 and report.repeated_layers == ["pool"]
+    parts = dict(report.memory)
+    assert parts["input"] == 2 * 28 * 28 * 4  # fp32 zeros
+    assert parts["parameters"] == 50_378 * 4
+    assert parts["total"] == sum(n for part, n in report.memory if part != "total")
+    assert report.unlisted_parameters == 0
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(784, "784 bytes"), (1552, "1.5 KiB"), (3 << 20, "3.0 MiB")]
+)
+def test_human_bytes(n, text):
+    assert human_bytes(n) == text
+
+
+def test_first_layer_comparison_is_the_tutorials_argument():
+    comparison = compare_first_layers((1, 28, 28), sizes=(28, 56), channels=3)
+    assert comparison.inputs == 784
+    assert comparison.linear.parameters == numel(nn.Linear(784, 128, device="meta"))
+    assert comparison.conv.parameters == numel(nn.Conv2d(1, 32, 3, device="meta"))
+    assert comparison.ratio == 100_480 / 320
+    assert comparison.largest.image == (3, 56, 56)
+    small, big = (numel(nn.Linear(3 * s * s, 128, device="meta")) for s in (28, 56))
+    assert comparison.growth == (None, big / small)
+
+
+def test_count_layers_keeps_the_order_given():
+    counts = count_layers([("conv", (1, 32, 3)), ("linear", (784, 128))])
+    assert [c.parameters for c in counts] == [320, 100_480]
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "padding", "stride", "dilation", "pool"),
+    [(28, 3, 1, 2, 1, 2), (28, 3, 0, 1, 1, None), (32, 5, 2, 1, 2, 3), (9, 3, 1, 3, 1, 2)],
+)
+def test_worked_shapes_are_pytorchs(size, kernel, padding, stride, dilation, pool):
+    report = work_out_shapes(size, kernel, padding, stride, dilation, pool)
+    conv = nn.Conv2d(1, 1, kernel, stride, padding, dilation, device="meta")
+    y = conv(torch.empty(1, 1, size, size, device="meta"))
+    assert report.conv.output == y.shape[-1] and report.torch_conv_shape == tuple(y.shape)
+    path = [f"{size}x{size}", "conv", f"{y.shape[-1]}x{y.shape[-1]}"]
+    if pool:
+        pooled = nn.MaxPool2d(pool)(y)
+        assert report.pool.output == pooled.shape[-1]
+        path += ["max pool", f"{pooled.shape[-1]}x{pooled.shape[-1]}"]
+    assert report.sizes == tuple(path)
+    yours = [n for n in report.nearby if n.yours]
+    assert [(n.padding, n.stride) for n in yours] == [(padding, stride)]
+
+
+def test_substituted_formula_of_the_tutorials_strided_conv():
+    """28x28, kernel 3, padding 1, stride 2: (28 + 2 - 2 - 1) / 2 = 13.5, floored, + 1 = 14."""
+    step = work_out_shapes(28, 3, padding=1, stride=2).conv
+    assert step.substituted == "floor((28 + 2*1 - 1*(3 - 1) - 1) / 2) + 1 = floor(27 / 2) + 1"
+    assert step.output == 14

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from cnnlab.data import get_dataset
+from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, check_model_options
 from cnnlab.runtime import PRECISIONS
@@ -82,9 +82,10 @@ class TrainConfig:
             raise ConfigError(f"unknown training settings in config: {', '.join(sorted(unknown))}")
         return cls(**{**data, **overrides})
 
-    def model_config(self) -> ModelConfig:
-        spec = get_dataset(self.dataset)
-        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.model_options))
+    def model_config(self, spec: DatasetSpec | None = None) -> ModelConfig:
+        """The recipe's model sized for its dataset (`spec`, where the caller has resolved it)."""
+        spec = spec or get_dataset(self.dataset)
+        return ModelConfig.for_dataset(self.model, spec, self.model_options)
 
 
 FIELD_TYPES = {

@@ -39,3 +39,7 @@ class NoInkError(ImageError):
 
 class ExportError(CnnlabError):
     """An exported model does not reproduce the PyTorch model it was exported from."""
+
+
+class EvaluationError(CnnlabError):
+    """Predictions failed: the device ran out of memory even for one image at a time."""

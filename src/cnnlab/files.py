@@ -1,7 +1,10 @@
-"""Files: atomic writes, JSON, safetensors with JSON metadata, and refusing pickles.
+"""Files on disk, handled safely: atomic writes, validated reads, JSON, safetensors, no pickles.
 
 Every file is written to a temporary name in the same folder and moved into place with
-`os.replace`, so a crash or kill leaves the previous good version. Nothing is ever unpickled.
+`os.replace`, so a crash or kill leaves the previous good version. Every read checks that the
+path is a regular file first and turns each problem into one typed error naming the file.
+Output folders are prepared (and checked writable) before any work starts. Nothing is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import json
 import os
 import secrets
 import stat
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
-from cnnlab.errors import CheckpointError, CnnlabError, OutputError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, OutputError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
@@ -53,11 +58,11 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a file; every problem is one `CheckpointError` naming the file."""
+    raw = read_bytes(path, CheckpointError, what="a JSON file")
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
@@ -86,23 +91,65 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
 
 
-def require_regular_file(path: Path, error: type[CnnlabError], max_bytes: int | None = None) -> int:
+def require_regular_file(
+    path: Path, error: type[CnnlabError], max_bytes: int | None = None, what: str = "a file"
+) -> int:
     """The size of `path` if it is a regular file (after symlinks) of at most `max_bytes`.
 
     Devices, FIFOs and folders are refused before anything is read: reading `/dev/zero` would
-    exhaust memory and a FIFO would block forever.
+    exhaust memory and a FIFO would block forever. `what` names the file expected in the message
+    for a folder ("expected an IDX file, found a folder").
     """
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{path}: not found") from None
+        raise error(f"{path}: file not found") from None
     except OSError as err:
         raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{path}: expected {what}, found a folder")
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{path}: not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
         raise error(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} expected")
     return info.st_size
+
+
+def read_bytes(
+    path: Path, error: type[CnnlabError], max_bytes: int | None = None, what: str = "a file"
+) -> bytes:
+    """The contents of the regular file `path`: every problem is one `error` naming the file."""
+    require_regular_file(path, error, max_bytes, what)
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def prepare_output_dir(
+    path: Path, owned: Sequence[str], overwrite: bool = False, refusal: str = ""
+) -> Path:
+    """Create (or, with `overwrite`, reuse) a folder for cnnlab's files `owned`; check that it
+    can be written before any work starts.
+
+    A folder that is not empty is refused with the message `refusal` unless `overwrite`; then
+    only the `owned` files are removed, never the user's other files.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(refusal or f"{path} is not empty; pass --overwrite to replace its files")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to output folder {path}: {err.strerror or err}") from None
+    if overwrite:
+        for name in owned:
+            (path / name).unlink(missing_ok=True)
+    return path
 
 
 def refuse_pickle(path: Path) -> None:

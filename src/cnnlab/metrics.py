@@ -1,4 +1,4 @@
-"""Accuracy, per-class accuracy, the confusion matrix and the most-confused pairs.
+"""How well a model does on a split: accuracy, per class, confusion matrix, most-confused pairs.
 
 >>> report = evaluate(model, test_split, EvalSettings(batch_size=1000))
 >>> report.accuracy, report.per_class_accuracy, report.confusion

@@ -1,4 +1,4 @@
-"""Model registry, the tutorial's CNN and the MLP baseline it argues against.
+"""The models cnnlab trains, by name: the tutorial's CNN, its MLP baseline, the speed-run CNN.
 
 Every model is built from the input shape and the class count, so the linear layers follow the
 data. A model is described by a `ModelConfig` that run folders store as JSON and rebuild from:
@@ -13,11 +13,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from cnnlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cnnlab.data import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class ModelConfig:
 
     def to_json(self) -> dict:
         return asdict(self) | {"input_shape": list(self.input_shape)}
+
+    @classmethod
+    def for_dataset(cls, name: str, spec: DatasetSpec, options: dict | None = None) -> ModelConfig:
+        """Model `name` sized for a dataset: its image shape in, one output per class."""
+        return cls(name, tuple(spec.shape), spec.num_classes, dict(options or {}))
 
     @classmethod
     def from_json(cls, data: dict) -> ModelConfig:

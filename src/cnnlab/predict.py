@@ -28,16 +28,19 @@ from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
 
 from cnnlab.data.preprocess import Normalization, to_model_input
-from cnnlab.errors import CheckpointError, ConfigError, ImageError
+from cnnlab.errors import CheckpointError, ConfigError, EvaluationError, ImageError
 from cnnlab.images import STYLES, open_image, prepare
-from cnnlab.runtime import Runtime, autocast, bf16_supported
+from cnnlab.runtime import Runtime, autocast, bf16_supported, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalSettings:
-    """How a model is run for predictions: input scaling, batch size, precision, memory layout."""
+    """How a model is run for predictions: input scaling, batch size, precision, memory layout.
+
+    `batch_size` is where a `Predictor` starts: on out-of-memory it halves the batch and retries.
+    """
 
     norm: Normalization = field(default_factory=Normalization)
     batch_size: int = 1000
@@ -52,6 +55,9 @@ class Predictor:
     convolution (torch.fx's `fuse`, on a copy): the same function with one pass less over
     memory per layer. A model that cannot be traced is used unfolded; `folded` says which, and a
     warning is logged, so that a benchmark never reports a fold that did not happen.
+
+    When a batch runs out of memory (on any device) the predictor halves its batch size, logs a
+    warning and retries, down to one image; `batch_size` is the size it last used.
 
         >>> Predictor(model, EvalSettings(norm=norm)).logits(images)
     """
@@ -73,18 +79,47 @@ class Predictor:
         self.model = self.model.to(memory_format=layout)
         self.device = next(model.parameters()).device
         self.settings = settings
+        self.batch_size = settings.batch_size
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch."""
-        s = self.settings
         outputs = []
-        for start in range(0, images.shape[0], s.batch_size):
-            batch = images[start : start + s.batch_size].to(self.device)
-            x = to_model_input(batch, s.norm, s.channels_last)
-            with autocast(self.device, s.precision):
-                outputs.append(self.model(x).float())
+        start = 0
+        while start < images.shape[0]:
+            batch = images[start : start + self.batch_size]
+            out = self._forward_or_none(batch)
+            if out is None:  # out of memory: the batch was halved, try again
+                continue
+            outputs.append(out)
+            start += len(batch)
         return torch.cat(outputs) if outputs else torch.empty(0)
+
+    def _forward_or_none(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """The batch's logits, or None after an out-of-memory error has halved `batch_size`."""
+        s = self.settings
+        try:
+            x = to_model_input(batch.to(self.device), s.norm, s.channels_last)
+            with autocast(self.device, s.precision):
+                return self.model(x).float()
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if len(batch) == 1:
+                raise EvaluationError(
+                    f"out of memory on {self.device} predicting even one image at a time "
+                    f"(the evaluation batch started at {s.batch_size} and halved at each "
+                    f"out-of-memory error)"
+                ) from None
+        smaller = max(len(batch) // 2, 1)
+        log.warning(
+            "out of memory on %s at evaluation batch %d; retrying at batch %d",
+            self.device,
+            len(batch),
+            smaller,
+        )
+        self.batch_size = smaller
+        return None
 
 
 def predict_logits(

@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from cnnlab.files import (
     PICKLE_SUFFIXES,
     atomic_write_text,
     load_safetensors,
+    prepare_output_dir,
     read_json,
     refuse_pickle,
     write_json,
@@ -289,24 +289,11 @@ def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
     An existing non-empty folder is refused unless `overwrite`; then only cnnlab's own training
     files are replaced, never the user's other files.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"output {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"run folder {path} already exists and is not empty; pass --overwrite to replace its "
-            f"training files, or --resume {path} to continue it"
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"cannot write to output folder {path}: {err.strerror or err}") from None
-    if overwrite:
-        for name in TRAINING_FILES:
-            (path / name).unlink(missing_ok=True)
-    return path
+    refusal = (
+        f"run folder {path} already exists and is not empty; pass --overwrite to replace its "
+        f"training files, or --resume {path} to continue it"
+    )
+    return prepare_output_dir(path, TRAINING_FILES, overwrite, refusal)
 
 
 @dataclass

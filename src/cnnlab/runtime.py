@@ -2,7 +2,8 @@
 
 The CLI resolves these once (`resolve_runtime`, pure) and passes the result down; the one function
 that changes the process (`configure_process`) is called once by the entry point. Library code
-reads no global settings.
+reads no global settings. `is_out_of_memory` tells a device's allocation failure from other
+errors, whatever the device.
 """
 
 from __future__ import annotations
@@ -154,6 +155,17 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "MPS backend out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation failure on any device: `torch.OutOfMemoryError` (CUDA and other
+    accelerators), or the plain RuntimeError that the CPU and MPS allocators raise."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in CPU_OUT_OF_MEMORY)
 
 
 def device_name(device: torch.device) -> str:

@@ -27,7 +27,7 @@ from cnnlab.errors import TrainingError
 from cnnlab.metrics import evaluate
 from cnnlab.models import create_model
 from cnnlab.predict import EvalSettings
-from cnnlab.runtime import Runtime, autocast, seed_everything
+from cnnlab.runtime import Runtime, autocast, is_out_of_memory, seed_everything
 
 FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
 
@@ -154,10 +154,13 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
 
 @contextmanager
 def out_of_memory_hint(device: torch.device, batch_size: int):
-    """Turn the accelerator's out-of-memory error into one line that suggests a smaller batch."""
+    """Turn an out-of-memory error of training (any device) into one line that suggests a
+    smaller training batch. Evaluation halves its own batch instead (`cnnlab.predict`)."""
     try:
         yield
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
         raise TrainingError(
             f"out of memory on {device} at batch size {batch_size}; "
             f"try a smaller --batch-size, such as {max(batch_size // 2, 1)}"

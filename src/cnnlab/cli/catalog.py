@@ -51,7 +51,7 @@ def run_models(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
     rows = []
     for name in list_models():
-        model = create_model(ModelConfig(name, spec.shape, spec.num_classes))
+        model = create_model(ModelConfig.for_dataset(name, spec))
         rows.append([name, f"{count_parameters(model):,}", get_model_entry(name).description])
     shape = "x".join(map(str, spec.shape))
     print(f"Parameters for {spec.name} input ({shape}, {spec.num_classes} classes):")

@@ -1,4 +1,4 @@
-"""Argument types and options shared by several subcommands."""
+"""What the subcommands share: argument types, common options, plain tables, figure paths."""
 
 from __future__ import annotations
 
@@ -69,11 +69,16 @@ def add_subset_flags(parser: argparse.ArgumentParser, **kwargs) -> None:
         **kwargs,
         help="train on the first N images (default: all)",
     )
+    add_test_subset(parser, "all", **kwargs)
+
+
+def add_test_subset(parser: argparse.ArgumentParser, default: str, **kwargs) -> None:
+    """--test-subset N; `default` says what is evaluated without it."""
     parser.add_argument(
         "--test-subset",
         type=positive_int,
         **kwargs,
-        help="evaluate on the first N test images (default: all)",
+        help=f"evaluate on the first N test images (default: {default})",
     )
 
 

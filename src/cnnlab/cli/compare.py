@@ -2,7 +2,7 @@
 
     cnnlab compare --epochs 5 --seeds 3 --data-dir ../shared/data
 
-The library side (training, summaries, results.json, the plot) is `cnnlab.compare`.
+The library side (training, summaries, results.json, the plot) is `cnnlab.teach.compare`.
 """
 
 from __future__ import annotations

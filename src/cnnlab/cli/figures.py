@@ -18,16 +18,16 @@ from cnnlab.cli.common import (
     add_device,
     add_figure_out,
     add_run,
+    add_test_subset,
     non_negative_int,
     positive_int,
     print_table,
     runtime_for,
     save_figure_to,
 )
-from cnnlab.data import DatasetSpec, get_dataset, list_datasets
+from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.preprocess import to_model_input
-from cnnlab.data.sources import DataLocation, load_dataset, locate_data
-from cnnlab.data.splits import Split
+from cnnlab.data.sources import load_split, locate_data
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run
 from cnnlab.run import load_run, run_data_location, run_splits
@@ -94,11 +94,7 @@ def register(subparsers) -> None:
         default="confidence",
         help="most confident mistakes first, or in test-set order (default: confidence)",
     )
-    p.add_argument(
-        "--test-subset",
-        type=positive_int,
-        help="look at the first N test images (default: what the run was evaluated on)",
-    )
+    add_test_subset(p, "what the run was evaluated on")
     add_device(p)
     add_data_dir(p)
     add_figure_out(p, "mistakes.png")
@@ -111,16 +107,12 @@ def add_split(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def load_split(spec: DatasetSpec, data: DataLocation, split: str) -> Split:
-    train, test = load_dataset(spec, data.root)
-    return train if split == "train" else test
-
-
 def run_featuremaps(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     require_conv_layers(run.model, run.model_config.name)
     spec = run.dataset
-    split = load_split(spec, run_data_location(run.config, args.data_dir), args.split)
+    data = run_data_location(run.config, args.data_dir)
+    split = load_split(spec, data.root, train=args.split == "train")
     if args.index >= len(split):
         raise ConfigError(
             f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
@@ -149,7 +141,7 @@ def run_featuremaps(args: argparse.Namespace) -> int:
 
 def run_samples(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
-    split = load_split(spec, locate_data(spec, args.data_dir), args.split)
+    split = load_split(spec, locate_data(spec, args.data_dir).root, train=args.split == "train")
     count = min(args.count, len(split))
     if args.seed is None:
         index = torch.arange(count)

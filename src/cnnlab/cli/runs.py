@@ -10,7 +10,7 @@ from cnnlab.cli.common import (
     add_device,
     add_figure_out,
     add_run,
-    positive_int,
+    add_test_subset,
     print_table,
     runtime_for,
     save_figure_to,
@@ -31,11 +31,7 @@ def register(subparsers) -> None:
         default="test",
         help="which split to evaluate (default: test)",
     )
-    p.add_argument(
-        "--test-subset",
-        type=positive_int,
-        help="evaluate the first N test images (default: what the run used)",
-    )
+    add_test_subset(p, "what the run used")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_device(p)
     add_data_dir(p)

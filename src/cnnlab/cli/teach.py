@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-import torch.nn.functional as F
-
 from cnnlab.cli.common import non_negative_int, positive_int, print_table
 from cnnlab.models import ModelConfig, create_model, list_models
-from cnnlab.teach import explain, layers
-from cnnlab.teach.summary import (
+from cnnlab.teach import explain
+from cnnlab.teach.params import (
+    RESOLUTIONS,
+    FirstLayerComparison,
     LayerCount,
-    ModelSummary,
-    conv2d_count,
-    format_shape,
-    linear_count,
-    parse_shape,
-    resolution_table,
-    summarize,
+    compare_first_layers,
+    count_layers,
 )
-
-RESOLUTIONS = (28, 56, 112, 224)
+from cnnlab.teach.shapes import ShapesReport, work_out_shapes
+from cnnlab.teach.summary import ModelSummary, format_shape, human_bytes, parse_shape, summarize
 
 
 def register(subparsers) -> None:
+    register_summary(subparsers)
+    register_params(subparsers)
+    register_shapes(subparsers)
+    register_explain(subparsers)
+
+
+def register_summary(subparsers) -> None:
     p = subparsers.add_parser(
         "summary",
         help="a model's layers: output shapes, parameters, multiply-adds, memory",
@@ -49,6 +50,8 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=run_summary)
 
+
+def register_params(subparsers) -> None:
     p = subparsers.add_parser(
         "params",
         help="parameter counts of fully-connected against convolutional layers",
@@ -102,6 +105,8 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=run_params, layers=None)
 
+
+def register_shapes(subparsers) -> None:
     p = subparsers.add_parser(
         "shapes",
         help="the output-size formula with your numbers substituted",
@@ -121,10 +126,12 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=run_shapes)
 
+
+def register_explain(subparsers) -> None:
     p = subparsers.add_parser(
         "explain",
         help="a small worked example of conv, pool or batchnorm, step by step",
-        description="Work a tiny example by hand with cnnlab.layers, and check it against "
+        description="Work a tiny example by hand with cnnlab.teach.layers, and check it against "
         "torch.nn.functional.",
     )
     topics = p.add_subparsers(dest="topic", required=True)
@@ -161,11 +168,15 @@ def run_summary(args: argparse.Namespace) -> int:
     input_shape = parse_shape(args.input)
     model = create_model(ModelConfig(args.model, input_shape, args.classes))
     report = summarize(model, input_shape, args.batch_size)
-    batch = args.batch_size
     print(
         f"Model {args.model}, input {format_shape(input_shape)}, {args.classes} classes: "
-        f"one forward pass of zeros at batch {batch}, in evaluation mode."
+        f"one forward pass of zeros at batch {args.batch_size}, in evaluation mode."
     )
+    print_summary(report, args.batch_size)
+    return 0
+
+
+def print_summary(report: ModelSummary, batch: int) -> None:
     rows = [
         [
             row.name,
@@ -179,9 +190,8 @@ def run_summary(args: argparse.Namespace) -> int:
     ]
     print_table(rows, ["layer", "type", "input shape", "output shape", "parameters", "mult-adds"])
     print()
-    stages = _stages(report)
-    if stages:
-        print(f"Stages: {stages}")
+    if report.stages:
+        print(f"Stages: {' -> '.join(report.stages)}")
     print(
         f"Parameters: {report.total_parameters:,} (trainable {report.trainable:,}, "
         f"non-trainable {report.non_trainable:,})"
@@ -191,11 +201,10 @@ def run_summary(args: argparse.Namespace) -> int:
             f"Buffers, not parameters: {report.buffer_values:,} values "
             f"({', '.join(report.buffer_kinds)})"
         )
-    unlisted = report.total_parameters - report.listed_parameters
-    if unlisted:
-        print(f"Parameters outside the listed layers: {unlisted:,}")
+    if report.unlisted_parameters:
+        print(f"Parameters outside the listed layers: {report.unlisted_parameters:,}")
     for name in report.repeated_layers:
-        calls = sum(row.name == name for row in report.rows)
+        calls = report.calls(name)
         print(f"{name} is called {calls} times; its parameters are counted on its first row.")
     print(
         f"Multiply-adds per forward pass at batch {batch}: {report.mult_adds:,}\n"
@@ -203,110 +212,67 @@ def run_summary(args: argparse.Namespace) -> int:
     )
     print()
     print(f"Estimated memory at batch {batch}:")
-    memory = [
-        ["input", report.input_bytes],
-        ["layer outputs", report.activation_bytes],
-        ["parameters", report.parameter_bytes],
-        ["buffers", report.buffer_bytes],
-        ["total", report.total_bytes],
-    ]
     print_table(
-        [[part, f"{n:,}", _human_bytes(n)] for part, n in memory], ["memory", "bytes", "size"]
+        [[part, f"{n:,}", human_bytes(n)] for part, n in report.memory],
+        ["memory", "bytes", "size"],
     )
     print(
         "Layer outputs: those of the rows above, for one forward pass. Functional steps such as\n"
         "relu are not included, and training keeps about as much again for the gradients."
     )
-    return 0
-
-
-def _stages(report: ModelSummary) -> str:
-    """'28x28 -> 14x14 -> 7x7 -> flatten to 3136 (input of fc)': the spatial sizes in order."""
-    stages = []
-    if len(report.input_shape) == 4:
-        stages.append(format_shape(report.input_shape[2:]))
-    for n, row in enumerate(report.rows):
-        if row.kind == "flatten":
-            following = report.rows[n + 1].name if n + 1 < len(report.rows) else "the next step"
-            stages.append(f"flatten to {row.output_shapes[0][1]} (input of {following})")
-            continue
-        for shape in row.output_shapes:
-            size = format_shape(shape[2:])
-            if len(shape) == 4 and (not stages or stages[-1] != size):
-                stages.append(size)
-    return " -> ".join(stages)
-
-
-def _human_bytes(n: int) -> str:
-    """1552 -> '1.5 KiB'; below 1 KiB, whole bytes."""
-    if n < 1024:
-        return f"{n} bytes"
-    value, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.1f} {unit}"
 
 
 def run_params(args: argparse.Namespace) -> int:
-    header = ["layer", "weights", "biases", "parameters"]
     if args.layers:
-        counts = [
-            linear_count(*values) if kind == "linear" else conv2d_count(*values)
-            for kind, values in args.layers
-        ]
-        print_table([_count_row(c) for c in counts], header)
+        print_table([_count_row(c) for c in count_layers(args.layers)], COUNT_HEADER)
         return 0
+    comparison = compare_first_layers(
+        parse_shape(args.input), args.hidden, args.filters, args.kernel, args.sizes, args.channels
+    )
+    print_params(comparison)
+    return 0
 
-    channels, height, width = parse_shape(args.input)
-    inputs = channels * height * width
-    linear = linear_count(inputs, args.hidden)
-    conv = conv2d_count(channels, args.filters, args.kernel)
+
+def print_params(c: FirstLayerComparison) -> None:
+    channels, height, width = c.image
     print(
         f"The first layer on a {channels}x{height}x{width} image "
-        f"({inputs:,} values once flattened for the linear layer):"
+        f"({c.inputs:,} values once flattened for the linear layer):"
     )
-    print_table([_count_row(linear), _count_row(conv)], header)
+    print_table([_count_row(c.linear), _count_row(c.conv)], COUNT_HEADER)
     print(
-        f"The linear layer has {linear.parameters / conv.parameters:,.1f} times as many "
-        "parameters; each conv filter is reused at every position of the image."
+        f"The linear layer has {c.ratio:,.1f} times as many parameters; each conv filter is "
+        "reused at every position of the image."
     )
     print()
-
-    table = resolution_table(args.sizes, args.channels, args.hidden, args.filters, args.kernel)
-    largest = max(table, key=lambda row: row.image[1])
-    big = largest.linear
+    big = c.largest.linear
     print(
-        f"The same linear layer on a {format_shape(largest.image)} image: "
+        f"The same linear layer on a {format_shape(c.largest.image)} image: "
         f"{big.weights_formula()} weights + {big.biases:,} biases = {big.parameters:,} parameters."
     )
     print()
     print(
-        f"As the image grows ({args.channels} channels; a linear layer to {args.hidden} units "
-        f"against {args.filters} conv filters of {args.kernel}x{args.kernel}):"
+        f"As the image grows ({c.channels} channels; a linear layer to {c.hidden} units "
+        f"against {c.filters} conv filters of {c.kernel}x{c.kernel}):"
     )
-    rows, previous = [], None
-    for row in table:
-        growth = ""
-        if previous is not None:
-            growth = f"x{row.linear.parameters / previous.linear.parameters:.2f}"
-        rows.append(
-            [
-                format_shape(row.image),
-                f"{row.linear.weight_factors[0]:,}",
-                f"{row.linear.parameters:,}",
-                growth,
-                f"{row.conv.parameters:,}",
-            ]
-        )
-        previous = row
+    rows = [
+        [
+            format_shape(row.image),
+            f"{row.linear.weight_factors[0]:,}",
+            f"{row.linear.parameters:,}",
+            "" if growth is None else f"x{growth:.2f}",
+            f"{row.conv.parameters:,}",
+        ]
+        for row, growth in zip(c.table, c.growth)
+    ]
     print_table(rows, ["image", "inputs", "linear parameters", "growth", "conv parameters"])
     print(
         "The linear count grows with the number of pixels (the side squared); the conv count "
         "depends only on the channels and the kernel."
     )
-    return 0
+
+
+COUNT_HEADER = ["layer", "weights", "biases", "parameters"]
 
 
 def _count_row(count: LayerCount) -> list[str]:
@@ -314,56 +280,42 @@ def _count_row(count: LayerCount) -> list[str]:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    size, kernel, padding, stride, dilation = (
+    report = work_out_shapes(
         args.size,
         args.kernel,
         args.padding,
         args.stride,
         args.dilation,
+        args.pool,
+        args.pool_stride,
     )
-    out = layers.conv_output_size(size, kernel, padding, stride, dilation)
-    pool_stride = args.pool_stride or args.pool
-    pooled = layers.pool_output_size(out, args.pool, pool_stride) if args.pool else None
-
-    print("Output size = floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1")
-    print(f"conv, kernel {kernel}, padding {padding}, stride {stride}, dilation {dilation}:")
-    print(f"  {_substituted(size, kernel, padding, stride, dilation)} = {out}")
-    sizes = [f"{size}x{size}", "conv", f"{out}x{out}"]
-    x = torch.empty(1, 1, size, size, device="meta")  # shapes only: nothing is computed
-    weight = torch.empty(1, 1, kernel, kernel, device="meta")
-    y = F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)
-    check = f"F.conv2d gives {tuple(y.shape)}"
-    if pooled is not None:
-        print(f"max pool, window {args.pool}, stride {pool_stride}:")
-        print(f"  {_substituted(out, args.pool, 0, pool_stride, 1)} = {pooled}")
-        sizes += ["max pool", f"{pooled}x{pooled}"]
-        check += f", then F.max_pool2d gives {tuple(F.max_pool2d(y, args.pool, pool_stride).shape)}"
-    print(" -> ".join(sizes))
-    print(f"PyTorch, on a (1, 1, {size}, {size}) input: {check}")
-    print()
-
-    same = dilation * (kernel - 1) // 2
-    rows = []
-    for pad in sorted({0, same, padding}):
-        for step in sorted({1, 2, stride}):
-            if dilation * (kernel - 1) + 1 > size + 2 * pad:
-                continue
-            result = layers.conv_output_size(size, kernel, pad, step, dilation)
-            mark = "<- yours" if (pad, step) == (padding, stride) else ""
-            rows.append([pad, step, f"{result}x{result}", mark])
-    print(f"Nearby settings for a {size}x{size} input and a {kernel}x{kernel} kernel:")
-    print_table(rows, ["padding", "stride", "output", "note"])
+    print_shapes(report)
     return 0
 
 
-def _substituted(size: int, kernel: int, padding: int, stride: int, dilation: int) -> str:
-    """The formula with the numbers in: 'floor((28 + 2*1 - 1*(3 - 1) - 1) / 2) + 1
-    = floor(27 / 2) + 1'."""
-    top = size + 2 * padding - dilation * (kernel - 1) - 1
-    return (
-        f"floor(({size} + 2*{padding} - {dilation}*({kernel} - 1) - 1) / {stride}) + 1"
-        f" = floor({top} / {stride}) + 1"
+def print_shapes(r: ShapesReport) -> None:
+    conv = r.conv
+    print(f"Output size = {r.formula}")
+    print(
+        f"conv, kernel {conv.kernel}, padding {conv.padding}, stride {conv.stride}, "
+        f"dilation {conv.dilation}:"
     )
+    print(f"  {conv.substituted} = {conv.output}")
+    check = f"F.conv2d gives {r.torch_conv_shape}"
+    if r.pool is not None:
+        print(f"max pool, window {r.pool.kernel}, stride {r.pool.stride}:")
+        print(f"  {r.pool.substituted} = {r.pool.output}")
+        check += f", then F.max_pool2d gives {r.torch_pool_shape}"
+    print(" -> ".join(r.sizes))
+    print(f"PyTorch, on a (1, 1, {conv.size}, {conv.size}) input: {check}")
+    print()
+    rows = [
+        [n.padding, n.stride, f"{n.output}x{n.output}", "<- yours" if n.yours else ""]
+        for n in r.nearby
+    ]
+    side, k = conv.size, conv.kernel
+    print(f"Nearby settings for a {side}x{side} input and a {k}x{k} kernel:")
+    print_table(rows, ["padding", "stride", "output", "note"])
 
 
 def run_explain(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from cnnlab.cli.common import (
 from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.sources import locate_data
-from cnnlab.errors import ConfigError, TrainingError
+from cnnlab.errors import ConfigError, EvaluationError, TrainingError
 from cnnlab.models import list_models
 from cnnlab.run import default_run_dir, resume_config, resume_run, run_data_location, train_run
 
@@ -154,8 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    except TrainingError as err:
-        raise TrainingError(f"{err} {saved_epochs(run_dir)}") from None
+    except (TrainingError, EvaluationError) as err:
+        raise type(err)(f"{err} {saved_epochs(run_dir)}") from None
     print(f"Test accuracy: {result.test_accuracy:.3f}")
     print(f"Evaluate: cnnlab eval {shell_path(run_dir)}")
     print(

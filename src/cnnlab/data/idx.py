@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import DataError
+from cnnlab.files import read_bytes
 
 UINT8_TYPE_CODE = 0x08
 MAX_DIMS = 3  # labels have 1 dimension (N,), images 3 (N, H, W)
@@ -57,16 +58,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> torch.Tensor:
 
 def read_idx(path: str | Path) -> torch.Tensor:
     """Read and validate one IDX file; every problem is a `DataError` naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: expected an IDX file, found a folder")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
-    return parse_idx(raw, str(path))
+    return parse_idx(read_bytes(path, DataError, what="an IDX file"), str(path))
 
 
 def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int):

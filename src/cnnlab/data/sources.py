@@ -138,6 +138,14 @@ class RawDataset:
     files: tuple[FileIdentity, ...]  # what was read: official files or a custom copy
 
 
+def ensure_present(spec: DatasetSpec, root: Path, allow_download: bool = True) -> None:
+    """Download the dataset through torchvision unless all its files are under `root`."""
+    if not is_present(spec, root):
+        if not allow_download:
+            raise DataError(f"{spec.name} is not in {root / spec.raw_folder}")
+        download(spec, root)
+
+
 def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[Split, list[FileIdentity]]:
     """One split, validated: the IDX format, the shapes, and the files' identity."""
     folder = root / spec.raw_folder
@@ -163,16 +171,15 @@ def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[Split, list[
 
 def read_dataset(spec: DatasetSpec, root: Path, allow_download: bool = True) -> RawDataset:
     """Both splits and the identity of their files, downloading when the files are missing."""
-    if not is_present(spec, root):
-        if not allow_download:
-            raise DataError(f"{spec.name} is not in {root / spec.raw_folder}")
-        download(spec, root)
+    ensure_present(spec, root, allow_download)
     train, train_files = read_split(spec, root, train=True)
     test, test_files = read_split(spec, root, train=False)
     return RawDataset(train, test, tuple(train_files + test_files))
 
 
-def load_split(spec: DatasetSpec, root: Path, train: bool) -> Split:
+def load_split(spec: DatasetSpec, root: Path, train: bool, allow_download: bool = True) -> Split:
+    """The training (`train`) or test split, validated; downloaded first if files are missing."""
+    ensure_present(spec, root, allow_download)
     return read_split(spec, root, train)[0]
 
 

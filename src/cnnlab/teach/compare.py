@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,9 +24,9 @@ from cnnlab import files
 from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset
 from cnnlab.data.splits import DataSplits
-from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, count_parameters, create_model
 from cnnlab.runtime import Runtime
+from cnnlab.stats import mean_std
 from cnnlab.train import fit
 from cnnlab.viz import save_figure
 from cnnlab.viz.tutorial import comparison_figure
@@ -44,8 +43,7 @@ class Contender:
     description: str = ""
 
     def model_config(self, dataset: str) -> ModelConfig:
-        spec = get_dataset(dataset)
-        return ModelConfig(self.model, spec.shape, spec.num_classes, dict(self.options))
+        return ModelConfig.for_dataset(self.model, get_dataset(dataset), self.options)
 
 
 CONTENDERS = (
@@ -89,20 +87,20 @@ class ModelSummary:
 
     @property
     def accuracy_mean(self) -> float:
-        return statistics.fmean(self.accuracies)
+        return mean_std(self.accuracies)[0]
 
     @property
     def accuracy_std(self) -> float | None:
         """Sample standard deviation over seeds; None for a single seed."""
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else None
+        return mean_std(self.accuracies)[1]
 
     @property
     def seconds_mean(self) -> float:
-        return statistics.fmean(self.seconds)
+        return mean_std(self.seconds)[0]
 
     @property
     def seconds_std(self) -> float | None:
-        return statistics.stdev(self.seconds) if len(self.seconds) > 1 else None
+        return mean_std(self.seconds)[1]
 
     def to_json(self) -> dict:
         return asdict(self) | {
@@ -209,20 +207,13 @@ def write_results(
 
 
 def prepare_compare_dir(out_dir: Path, overwrite: bool = False) -> Path:
-    """Create `out_dir`; refuse one that already holds a comparison unless `overwrite`."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output {out_dir} exists and is not a folder")
-    if (out_dir / RESULTS_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"{out_dir} already holds a comparison ({RESULTS_FILE}); pass --overwrite to "
-            f"replace it, or choose another --out"
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {out_dir}: {err.strerror or err}") from None
-    return out_dir
+    """Create `out_dir`, as a run folder is created: a folder that is not empty is refused
+    unless `overwrite`, which replaces only the comparison's own files."""
+    refusal = (
+        f"comparison folder {out_dir} already exists and is not empty; pass --overwrite to "
+        f"replace its {RESULTS_FILE} and {FIGURE_FILE}, or choose another --out"
+    )
+    return files.prepare_output_dir(out_dir, (RESULTS_FILE, FIGURE_FILE), overwrite, refusal)
 
 
 def comparison_title(comparison: Comparison) -> str:

@@ -1,7 +1,7 @@
 """Small worked examples of convolution, max pooling and batch norm, written out step by step.
 
 Each `explain_*` function returns the lines that `cnnlab explain conv|pool|batchnorm` prints.
-The numbers come from the reference layers in `cnnlab.layers`, run on a small seeded input of
+The numbers come from the reference layers in `cnnlab.teach.layers`, run on a small seeded input of
 whole numbers so the sums can be checked by hand; the last line says whether
 `torch.nn.functional` gives the same result.
 

@@ -1,4 +1,4 @@
-"""A model's layer table (like torchinfo or Keras's `summary()`) and parameter-count arithmetic.
+"""A model's layer table, like torchinfo or Keras's `summary()`: shapes, parameters, memory.
 
 `summarize` runs one forward pass of a zero input with a hook on every leaf module and records
 what each layer really received and produced:
@@ -9,11 +9,10 @@ what each layer really received and produced:
     [(1, 32, 28, 28), (1, 32, 28, 28), (1, 32, 14, 14)]
     >>> report.total_parameters
     50378
+    >>> report.stages
+    ('28x28', '14x14', '7x7', 'flatten to 3136 (input of fc)')
 
-`linear_count` and `conv2d_count` are the MLP-vs-conv argument as arithmetic:
-
-    >>> linear_count(784, 128).parameters, conv2d_count(1, 32, 3).parameters
-    (100480, 320)
+`cnnlab summary` renders a `ModelSummary`; every number it prints is a field or property here.
 """
 
 from __future__ import annotations
@@ -100,8 +99,58 @@ class ModelSummary:
         return self.input_bytes + self.activation_bytes + self.parameter_bytes + self.buffer_bytes
 
     @property
+    def unlisted_parameters(self) -> int:
+        """Parameters of the model that no listed layer holds (e.g. a bare nn.Parameter)."""
+        return self.total_parameters - self.listed_parameters
+
+    @property
     def repeated_layers(self) -> list[str]:
         return list(dict.fromkeys(row.name for row in self.rows if row.repeated))
+
+    def calls(self, name: str) -> int:
+        """How many rows the layer `name` has: the times the forward pass called it."""
+        return sum(row.name == name for row in self.rows)
+
+    @property
+    def memory(self) -> tuple[tuple[str, int], ...]:
+        """(part, bytes) of one forward pass: input, layer outputs, parameters, buffers, total."""
+        return (
+            ("input", self.input_bytes),
+            ("layer outputs", self.activation_bytes),
+            ("parameters", self.parameter_bytes),
+            ("buffers", self.buffer_bytes),
+            ("total", self.total_bytes),
+        )
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The spatial sizes in order, and where the model flattens:
+        ('28x28', '14x14', '7x7', 'flatten to 3136 (input of fc)')."""
+        stages: list[str] = []
+        if len(self.input_shape) == 4:
+            stages.append(format_shape(self.input_shape[2:]))
+        for n, row in enumerate(self.rows):
+            if row.kind == "flatten":
+                following = self.rows[n + 1].name if n + 1 < len(self.rows) else "the next step"
+                stages.append(f"flatten to {row.output_shapes[0][1]} (input of {following})")
+                continue
+            for shape in row.output_shapes:
+                size = format_shape(shape[2:])
+                if len(shape) == 4 and (not stages or stages[-1] != size):
+                    stages.append(size)
+        return tuple(stages)
+
+
+def human_bytes(n: int) -> str:
+    """1552 -> '1.5 KiB'; below 1 KiB, whole bytes."""
+    if n < 1024:
+        return f"{n} bytes"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 def mult_adds(module: nn.Module, inputs: Sequence[torch.Tensor], output: torch.Tensor) -> int:
@@ -237,75 +286,3 @@ def _tensors(value) -> Iterator[torch.Tensor]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from _tensors(item)
-
-
-@dataclass(frozen=True)
-class LayerCount:
-    """A layer's parameters as arithmetic: weights = product of `weight_factors`, plus biases."""
-
-    layer: str  # how PyTorch spells it, e.g. 'nn.Linear(784, 128)'
-    weight_factors: tuple[int, ...]
-    biases: int
-
-    @property
-    def weights(self) -> int:
-        return math.prod(self.weight_factors)
-
-    @property
-    def parameters(self) -> int:
-        return self.weights + self.biases
-
-    def weights_formula(self) -> str:
-        """'784 x 128 = 100,352'."""
-        factors = " x ".join(f"{f:,}" for f in self.weight_factors)
-        return f"{factors} = {self.weights:,}"
-
-
-def linear_count(in_features: int, out_features: int, bias: bool = True) -> LayerCount:
-    """nn.Linear: one weight per (input, output) pair, one bias per output."""
-    return LayerCount(
-        f"nn.Linear({in_features}, {out_features})",
-        (in_features, out_features),
-        out_features if bias else 0,
-    )
-
-
-def conv2d_count(
-    in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], bias: bool = True
-) -> LayerCount:
-    """nn.Conv2d: each of the out_channels filters has in_channels x kH x kW weights and a
-    bias, whatever the size of the image it slides over."""
-    k_h, k_w = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    kernel = k_h if k_h == k_w else (k_h, k_w)
-    return LayerCount(
-        f"nn.Conv2d({in_channels}, {out_channels}, kernel_size={kernel})",
-        (out_channels, in_channels, k_h, k_w),
-        out_channels if bias else 0,
-    )
-
-
-@dataclass(frozen=True)
-class ResolutionRow:
-    """The same first layer, fully connected and convolutional, on one image size."""
-
-    image: tuple[int, int, int]  # (C, H, W)
-    linear: LayerCount
-    conv: LayerCount
-
-
-def resolution_table(
-    sizes: Sequence[int], channels: int = 3, hidden: int = 128, filters: int = 32, kernel: int = 3
-) -> list[ResolutionRow]:
-    """A linear layer to `hidden` units and a conv layer of `filters` filters, per image side.
-
-    The linear layer's weights grow with the pixel count (the side squared); the conv layer's
-    count depends only on the channels and the kernel.
-    """
-    return [
-        ResolutionRow(
-            (channels, size, size),
-            linear_count(channels * size * size, hidden),
-            conv2d_count(channels, filters, kernel),
-        )
-        for size in sizes
-    ]

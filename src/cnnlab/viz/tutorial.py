@@ -2,14 +2,13 @@
 
 Pure functions that return matplotlib Figures; write them with `cnnlab.viz.save_figure`.
 
->>> maps = capture_feature_maps(model, x)                 # cnnlab.featuremaps
+>>> maps = capture_feature_maps(model, x)                 # cnnlab.teach.featuremaps
 >>> save_figure(feature_maps_figure(maps, block_outputs(maps), "Feature maps"), Path("maps.png"))
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 
 import matplotlib
@@ -17,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from cnnlab.stats import mean_std
 from cnnlab.teach.featuremaps import FeatureMaps, Stage
 from cnnlab.viz import subplots
 
@@ -250,6 +250,6 @@ def comparison_figure(
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (0 for a single value, drawn without error bar)."""
+    mean, std = mean_std(values)
+    return mean, std or 0.0
