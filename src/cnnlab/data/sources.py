@@ -28,6 +28,10 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None, env=None) -> Pa
 
 def is_present(spec: DatasetSpec, root: Path) -> bool:
     """True when all four raw files of the dataset exist under `root` (validated on reading)."""
+    if spec.kind == "cifar10":
+        from cnnlab.data.cifar import is_cifar10_present
+
+        return is_cifar10_present(root)
     folder = root / spec.raw_folder
     return all((folder / f).exists() for train in (True, False) for f in spec.files(train))
 
@@ -62,9 +66,36 @@ def load_split(spec: DatasetSpec, root: Path, train: bool) -> Split:
 
 
 def load_dataset(spec: DatasetSpec, root: Path, allow_download: bool = True):
-    """Return `(train, test)` splits, downloading through torchvision if the files are missing."""
+    """Return `(train, test)` splits, downloading through torchvision if the files are missing.
+
+    CIFAR-10 is read by `cnnlab.data.cifar`; a folder dataset (a spec from
+    `cnnlab.data.folder_splits`) is read from its folder with its options, and its splits may be
+    memory-mapped.
+    """
+    if spec.kind == "cifar10":
+        return load_cifar10_splits(spec, root, allow_download)
+    if spec.kind == "folder":
+        from cnnlab.data.folder_splits import load_folder
+
+        data = load_folder(spec.folder)
+        return Split(data.train.images, data.train.labels), Split(
+            data.test.images, data.test.labels
+        )
     if not is_present(spec, root):
         if not allow_download:
             raise DataError(f"{spec.name} is not in {root / spec.raw_folder}")
         download(spec, root)
     return load_split(spec, root, train=True), load_split(spec, root, train=False)
+
+
+def load_cifar10_splits(spec: DatasetSpec, root: Path, allow_download: bool = True):
+    """CIFAR-10's `(train, test)`; its batches.meta.txt must name the classes the spec does."""
+    from cnnlab.data.cifar import FOLDER, META_FILE, load_cifar10
+
+    data = load_cifar10(root, allow_download)
+    if data.classes != spec.classes:
+        raise DataError(
+            f"{root / FOLDER / META_FILE}: names the classes {', '.join(data.classes)}; "
+            f"CIFAR-10's are {', '.join(spec.classes)}"
+        )
+    return Split(data.train_images, data.train_labels), Split(data.test_images, data.test_labels)
