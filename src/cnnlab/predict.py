@@ -10,6 +10,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
@@ -61,11 +62,17 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch."""
+        """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch.
+
+        `images` may also be a memory-mapped numpy array (a folder dataset bigger than memory).
+        """
         s = self.settings
         outputs = []
         for start in range(0, images.shape[0], s.batch_size):
-            batch = images[start : start + s.batch_size].to(self.device)
+            batch = images[start : start + s.batch_size]
+            if not isinstance(batch, torch.Tensor):
+                batch = torch.from_numpy(np.array(batch))  # the rows read from the mapped file
+            batch = batch.to(self.device)
             x = to_model_input(batch, s.norm, s.channels_last)
             with autocast(self.device, s.precision):
                 outputs.append(self.model(x).float())
