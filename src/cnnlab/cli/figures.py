@@ -26,7 +26,9 @@ from cnnlab.cli.common import (
     save_figure_to,
 )
 from cnnlab.data import DatasetSpec, get_dataset, list_datasets
+from cnnlab.data.folder_splits import folder_splits
 from cnnlab.data.preprocess import to_model_input
+from cnnlab.data.registry import FolderOptions, folder_path, is_folder_dataset
 from cnnlab.data.sources import load_dataset, resolve_data_root
 from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dataset",
         default="mnist",
-        help=f"one of {', '.join(list_datasets())} (default: mnist)",
+        help=f"one of {', '.join(list_datasets())}, or folder:PATH (default: mnist)",
     )
     add_split(p, default="train")
     p.add_argument(
@@ -127,7 +129,8 @@ def run_featuremaps(args: argparse.Namespace) -> int:
             f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
             f"{len(split):,} images (0..{len(split) - 1})"
         )
-    x = to_model_input(split.images[args.index : args.index + 1], run.normalization)  # (1, C, H, W)
+    image = split.gather(slice(args.index, args.index + 1))
+    x = to_model_input(image, run.normalization)  # (1, C, H, W)
     maps = capture_feature_maps(run.model, x)
     stages = maps.stages if args.all_stages else block_outputs(maps)
     probs = maps.logits.softmax(dim=1)[0]
@@ -149,10 +152,17 @@ def run_featuremaps(args: argparse.Namespace) -> int:
 
 
 def run_samples(args: argparse.Namespace) -> int:
-    spec = get_dataset(args.dataset)
-    split = load_split(spec, args.data_dir, args.split)
+    if is_folder_dataset(args.dataset):  # read with the default settings, as train would
+        splits = folder_splits(FolderOptions(folder_path(args.dataset)))
+        spec, split = splits.spec, splits.train if args.split == "train" else splits.test
+    else:
+        spec = get_dataset(args.dataset)
+        split = load_split(spec, args.data_dir, args.split)
     count = min(args.count, len(split))
-    if args.seed is None:
+    if args.seed is None and spec.folder is not None:  # a folder's files come in class order
+        index = torch.arange(count) * len(split) // count
+        which = f"{count} spread evenly"
+    elif args.seed is None:
         index = torch.arange(count)
         which = f"first {count}"
     else:
@@ -161,8 +171,9 @@ def run_samples(args: argparse.Namespace) -> int:
         which = f"{count} random (seed {args.seed})"
     labels = [f"{spec.classes[int(y)]}" for y in split.labels[index]]
     title = f"{spec.name} {args.split} images: {which} of {len(split):,}, titled with their label"
-    fig = sample_grid(split.images[index], labels, title)
-    path = save_figure_to(fig, args.out, None, f"samples-{spec.name}-{args.split}.png")
+    fig = sample_grid(split.gather(index), labels, title)
+    name = "folder-" + Path(spec.folder.path).name if spec.folder else spec.name
+    path = save_figure_to(fig, args.out, None, f"samples-{name}-{args.split}.png")
     print(f"Drew {count} {spec.name} {args.split} images ({which} of {len(split):,})")
     print(f"Wrote {path}")
     return 0
@@ -191,7 +202,7 @@ def run_mistakes(args: argparse.Namespace) -> int:
     if len(shown):
         title += f"; {len(shown)} shown, {order}"
     fig = mistakes_figure(
-        test.images[shown], shown.tolist(), true_names, pred_names, confidences, title
+        test.gather(shown), shown.tolist(), true_names, pred_names, confidences, title
     )
     path = save_figure_to(fig, args.out, run.run_dir, "mistakes.png")
     print(
