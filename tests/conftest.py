@@ -32,9 +32,30 @@ def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
     return images
 
 
+def write_fake_cifar(root: Path, n_train=600, n_test=200, seed=0) -> Path:
+    """CIFAR-10's binary layout: the synthetic squares, padded to 32x32 and coloured."""
+    from cnnlab.data.cifar import FOLDER, META_FILE, TEST_FILE, TRAIN_FILES
+
+    spec = DATASETS["cifar10"]
+    folder = root / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    (folder / META_FILE).write_text("\n".join(spec.classes) + "\n")
+    parts = [(name, n_train // len(TRAIN_FILES)) for name in TRAIN_FILES] + [(TEST_FILE, n_test)]
+    for name, n in parts:
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        grey = np.pad(synthetic_images(labels, seed + n), ((0, 0), (2, 2), (2, 2)))
+        rgb = np.stack([grey, grey // 2, 255 - grey], axis=1)  # (N, 3, 32, 32)
+        records = np.concatenate([labels[:, None], rgb.reshape(n, -1)], axis=1)
+        (folder / name).write_bytes(records.astype(np.uint8).tobytes())
+    return root
+
+
 def write_fake_dataset(root: Path, name: str = "mnist", n_train=600, n_test=200, seed=0) -> Path:
     """Write a small, learnable dataset in the real files' layout under `root`."""
     spec = DATASETS[name]
+    if spec.kind == "cifar10":
+        return write_fake_cifar(root, n_train, n_test, seed)
     folder = root / spec.raw_folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnlab.data import folder as data_folder
 from cnnlab.data.folder import load_image_folder
-from cnnlab.data.folder_scan import stratified_holdout
+from cnnlab.data.folder_scan import share_out, stratified_holdout
 from cnnlab.errors import ConfigError, DataError
 
 
@@ -304,3 +304,23 @@ def test_bad_settings_are_config_errors(tmp_path, kw, match):
     grey_folder(tmp_path / "set", {"a": 2, "b": 2}, size=(4, 4))
     with pytest.raises(ConfigError, match=match):
         load(tmp_path / "set", tmp_path, **kw)
+
+
+def test_a_validation_count_is_shared_out_in_proportion():
+    assert share_out(8, [30, 10]) == [6, 2]
+    assert share_out(3, [5, 5, 5]) == [1, 1, 1]
+    assert share_out(4, [5, 5, 5]) == [2, 1, 1]  # the largest remainder first, ties to the first
+    assert share_out(4, [2, 9]) == [1, 3]  # 0.73 of 2 and 3.27 of 9: remainders decide
+    labels = [0] * 30 + [1] * 10
+    keep, held = stratified_holdout(labels, 0.0, seed=0, count=8)
+    assert len(held) == 8 and sorted(keep + held) == list(range(40))
+    assert sum(labels[i] for i in held) == 2
+    with pytest.raises(DataError, match="cannot hold out 39 of 40 training images"):
+        stratified_holdout(labels, 0.0, seed=0, count=39)
+
+
+def test_val_size_with_a_val_folder_is_refused(tmp_path):
+    for split in ("train", "val", "test"):
+        grey_folder(tmp_path / "set" / split, {"a": 3, "b": 3}, size=(4, 4))
+    with pytest.raises(ConfigError, match="has its own val/ folder"):
+        load(tmp_path / "set", tmp_path, val_size=2)

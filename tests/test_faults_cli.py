@@ -58,7 +58,16 @@ def file_bytes(run: Path) -> dict[str, bytes]:
 
 BAD_CHOICES = [
     ("--model", "vgg", "unknown model 'vgg'; known models: cnn, mlp, resnet"),
-    ("--dataset", "cifar10", "unknown dataset 'cifar10'; known datasets: fashion-mnist, mnist"),
+    (
+        "--dataset",
+        "imagenet",
+        "unknown dataset 'imagenet'; known datasets: cifar10, fashion-mnist, mnist, or folder:PATH",
+    ),
+    ("--dataset", "folder:", "--dataset 'folder:': give the folder after 'folder:'"),
+    ("--augment", "flip", "unknown augmentation 'flip'; choose from none, natural, digits"),
+    ("--fit", "stretch", "unknown fit 'stretch'; choose from crop, pad"),
+    ("--image-size", "32", "--image-size only applies to folder datasets (--dataset folder:PATH)"),
+    ("--test-fraction", "0.2", "--test-fraction only applies to folder datasets"),
     ("--optimizer", "rmsprop", "unknown optimizer 'rmsprop'; choose from adam, adamw, sgd"),
     ("--schedule", "step", "unknown schedule 'step'; choose from constant, onecycle, cosine"),
     ("--precision", "fp16", "unknown precision 'fp16'; choose from auto, fp32, bf16"),

@@ -12,12 +12,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from cnnlab.data import DatasetSpec, get_dataset
+from cnnlab.data.registry import FolderOptions, check_dataset_name, folder_path, is_folder_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, check_model_options
 from cnnlab.runtime import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
+FITS = ("crop", "pad")
+AUGMENTS = ("none", "natural", "digits")  # cnnlab.data.augment's presets
+FOLDER_FLAGS = {"image_size": "--image-size", "channels": "--channels", "fit": "--fit"}
+FOLDER_FLAGS |= {"test_fraction": "--test-fraction", "strict": "--strict"}
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,19 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    augment: str = "none"  # a preset of cnnlab.data.augment, applied to every training batch
+    # how a folder:PATH dataset is read (cnnlab.data.folder): None follows the images
+    image_size: int | None = None
+    channels: int | None = None
+    fit: str = "crop"
+    test_fraction: float = 0.1
+    strict: bool = False
+    memory_budget: int = 2048  # MiB of decoded images kept in memory; above: memory-mapped
 
     def __post_init__(self):
         check_types(self)
         check_model_options(self.model, self.model_options)
-        get_dataset(self.dataset)
+        check_dataset_name(self.dataset)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -66,9 +79,12 @@ class TrainConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("schedule", self.schedule, SCHEDULES),
             ("precision", self.precision, PRECISIONS),
+            ("augmentation", self.augment, AUGMENTS),
+            ("fit", self.fit, FITS),
         ):
             if value not in choices:
                 raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+        check_folder_settings(self)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,14 +103,28 @@ class TrainConfig:
         spec = spec or get_dataset(self.dataset)
         return ModelConfig.for_dataset(self.model, spec, self.model_options)
 
+    def folder_options(self, split_seed: int = 0) -> FolderOptions:
+        """How a folder:PATH dataset is read for this recipe."""
+        return FolderOptions(
+            path=folder_path(self.dataset),
+            image_size=self.image_size,
+            channels=self.channels,
+            fit=self.fit,
+            test_fraction=self.test_fraction,
+            val_size=self.val_size,
+            split_seed=split_seed,
+            strict=self.strict,
+            memory_budget_mb=self.memory_budget,
+        )
+
 
 FIELD_TYPES = {
-    int: ("epochs", "batch_size", "seed", "val_size"),
-    float: ("lr", "momentum", "weight_decay", "label_smoothing"),
-    str: ("model", "dataset", "optimizer", "schedule", "device", "precision"),
-    bool: ("normalize", "compile"),
+    int: ("epochs", "batch_size", "seed", "val_size", "memory_budget"),
+    float: ("lr", "momentum", "weight_decay", "label_smoothing", "test_fraction"),
+    str: ("model", "dataset", "optimizer", "schedule", "device", "precision", "augment", "fit"),
+    bool: ("normalize", "compile", "strict"),
     dict: ("model_options",),
-    (int, type(None)): ("train_subset", "test_subset"),
+    (int, type(None)): ("train_subset", "test_subset", "image_size", "channels"),
 }
 TYPE_NAMES = {
     int: "an integer",
@@ -115,6 +145,39 @@ def check_types(config: TrainConfig) -> None:
             wrong_bool = isinstance(value, bool) and kind is not bool
             if wrong_bool or not isinstance(value, allowed):
                 raise ConfigError(f"setting {name} must be {TYPE_NAMES[kind]}, got {value!r}")
+
+
+def check_folder_settings(config: TrainConfig) -> None:
+    """The folder settings' ranges; given for a built-in dataset, they are an error."""
+    checks = [
+        (
+            config.image_size is None or 1 <= config.image_size <= 4096,
+            f"--image-size must be 1..4096 pixels, got {config.image_size}",
+        ),
+        (config.channels in (None, 1, 3), f"--channels must be 1 or 3, got {config.channels}"),
+        (
+            0 < config.test_fraction < 1,
+            f"--test-fraction must be between 0 and 1, got {config.test_fraction}",
+        ),
+        (config.memory_budget >= 1, "--memory-budget must be at least 1 MB"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if is_folder_dataset(config.dataset):
+        return
+    default = TrainConfig.__dataclass_fields__
+    given = [
+        flag
+        for name, flag in FOLDER_FLAGS.items()
+        if getattr(config, name) != default[name].default
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to folder datasets "
+            f"(--dataset folder:PATH), "
+            f"not to {config.dataset}"
+        )
 
 
 PRESETS: dict[str, TrainConfig] = {

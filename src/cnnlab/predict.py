@@ -83,11 +83,16 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch."""
+        """uint8 `(N, C, H, W)` -> float32 logits `(N, classes)`, batch by batch.
+
+        `images` may also be a memory-mapped numpy array (a folder dataset bigger than memory).
+        """
         outputs = []
         start = 0
         while start < images.shape[0]:
             batch = images[start : start + self.batch_size]
+            if not isinstance(batch, torch.Tensor):
+                batch = torch.from_numpy(np.array(batch))  # the rows read from the mapped file
             out = self._forward_or_none(batch)
             if out is None:  # out of memory: the batch was halved, try again
                 continue

@@ -12,6 +12,8 @@ A run folder holds:
     model.safetensors       the weights after the last completed epoch
     checkpoint.safetensors  what `--resume` needs (cnnlab.checkpoint)
     loss.png, filters.png   figures (derived files: other commands may add more)
+    splits.json             a folder dataset's file names per split (and skipped.txt: the files
+                            that could not be read)
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from cnnlab import __version__, checkpoint
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 from cnnlab.config import TrainConfig
 from cnnlab.data import DatasetSpec, get_dataset
+from cnnlab.data import folder_splits as folders
 from cnnlab.data.identity import check_recorded, describe
 from cnnlab.data.preprocess import Normalization
+from cnnlab.data.registry import folder_spec_from_json, is_folder_dataset
 from cnnlab.data.sources import (
     PACKAGED_ROOT,
     DataLocation,
@@ -64,13 +68,18 @@ TRAINING_FILES = (
     CHECKPOINT_FILE,
     "loss.png",
     "filters.png",
+    folders.ASSIGNMENT_FILE,
+    folders.SKIPPED_FILE,
 )
 VAL_SPLIT_SEED = 0  # the validation hold-out is the same for every training seed
 
 
 def default_run_dir(config: TrainConfig, root: Path = Path("runs")) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{stamp}-{config.model}-{config.dataset}"
+    dataset = config.dataset
+    if is_folder_dataset(dataset):  # folder:/data/photos -> folder-photos
+        dataset = "folder-" + (Path(config.folder_options().path).expanduser().resolve().name)
+    return root / f"{stamp}-{config.model}-{dataset}"
 
 
 def as_location(data: DataLocation | Path) -> DataLocation:
@@ -78,10 +87,19 @@ def as_location(data: DataLocation | Path) -> DataLocation:
 
 
 def load_splits(
-    config: TrainConfig, data: DataLocation | Path, recorded: dict | None = None
+    config: TrainConfig,
+    data: DataLocation | Path,
+    recorded: dict | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> DataSplits:
-    """The recipe's splits, read from `data`; with `recorded` (a run's "data" entry), the files
-    must be the ones the run was trained with."""
+    """The recipe's splits with their spec (a folder's is built from the folder), read from
+    `data`; with `recorded` (a run's "data" entry), the files must be those the run used."""
+    if is_folder_dataset(config.dataset):
+        options = config.folder_options(VAL_SPLIT_SEED)
+        return folders.folder_splits(
+            options, config.train_subset, config.test_subset, log, progress
+        )
     spec = get_dataset(config.dataset)
     location = as_location(data)
     raw = read_dataset(spec, location.root)
@@ -103,6 +121,12 @@ def run_splits(run, data: DataLocation | Path, test_subset: int | None = None) -
     """The splits a loaded run saw: its validation hold-out, its test subset (or `test_subset`),
     from the same files (checked against the fingerprint in config.json)."""
     cfg = run.train_config
+    if run.dataset.kind == "folder":
+        splits = folders.folder_splits(
+            run.dataset.folder, None, test_subset or cfg.get("test_subset")
+        )
+        folders.check_assignment(run.run_dir, splits)
+        return splits
     location = as_location(data)
     raw = read_dataset(run.dataset, location.root)
     check_recorded(run.config.get("data"), list(raw.files), str(location.root))
@@ -127,7 +151,10 @@ def run_data_location(
     run recorded (the packaged copy is found wherever this cnnlab is installed), else the usual
     search with a note."""
     env = os.environ if env is None else env
-    spec = get_dataset(run_dataset_name(run_config))
+    name = run_dataset_name(run_config)
+    if is_folder_dataset(name):  # a folder run reads its own recorded folder
+        return DataLocation(Path(name.split(":", 1)[1]), "the run's image folder")
+    spec = get_dataset(name)
     if data_dir or env.get("CNNLAB_DATA"):
         return locate_data(spec, data_dir, env)
     data = run_config.get("data") if isinstance(run_config.get("data"), dict) else {}
@@ -152,17 +179,25 @@ def data_json(location: DataLocation, files) -> dict:
 
 
 def run_config_json(
-    config: TrainConfig, runtime: Runtime, location: DataLocation | Path, files=()
+    config: TrainConfig,
+    runtime: Runtime,
+    location: DataLocation | Path,
+    splits: DataSplits | None = None,
 ) -> dict:
-    """config.json: rebuild the model ("model"), rerun the training ("train"), and provenance."""
+    """config.json: rebuild the model ("model"), rerun the training ("train"), and provenance.
+
+    `splits` are the run's (their spec is the dataset resolved where the run started).
+    """
     import torchvision
 
-    spec = get_dataset(config.dataset)
+    spec = splits.spec if splits is not None and splits.spec else get_dataset(config.dataset)
+    dataset = folders.dataset_json(splits) if spec.kind == "folder" else spec.to_json()
     location = as_location(location)
+    files = splits.files if splits is not None else ()
     return {
-        "model": config.model_config().to_json(),
+        "model": config.model_config(spec).to_json(),
         "train": config.to_json(),
-        "dataset": {"name": spec.name, "classes": list(spec.classes), "shape": list(spec.shape)},
+        "dataset": dataset,
         "normalization": spec.normalization(config.normalize).to_json(),
         "val_split_seed": VAL_SPLIT_SEED,
         "runtime": runtime.to_json(),
@@ -190,12 +225,14 @@ def train_run(
 ) -> FitResult:
     """Train a new run into `run_dir` and write every run file."""
     location = as_location(data)
-    splits = load_splits(config, location)
+    splits = load_splits(config, location, log=log, progress=progress)
     prepare_run_dir(run_dir, overwrite)
     log(f"Run folder: {run_dir}")
-    log(f"Data: {location.describe()}, {describe(list(splits.files))}")
-    config_json = run_config_json(config, runtime, location, splits.files)
-    write_json(run_dir / CONFIG_FILE, config_json)
+    if splits.folder is not None:
+        folders.write_folder_files(run_dir, splits, log)
+    else:
+        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+    write_json(run_dir / CONFIG_FILE, run_config_json(config, runtime, location, splits))
     result = fit(config, splits, runtime, on_epoch=saver(run_dir), log=log, progress=progress)
     write_run_figures(run_dir, result)
     return result
@@ -239,9 +276,12 @@ def resume_run(
         )
     recorded = read_json(run_dir / CONFIG_FILE)
     location = as_location(data) if data is not None else run_data_location(recorded, log=log)
-    splits = load_splits(config, location, recorded.get("data"))
+    splits = load_splits(config, location, recorded.get("data"), log, progress)
+    if splits.folder is not None:
+        folders.check_assignment(run_dir, splits)
     log(f"Run folder: {run_dir}")
-    log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+    if splits.folder is None:
+        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
     log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
     recorded["train"] = config.to_json()
     write_json(run_dir / CONFIG_FILE, recorded)
@@ -305,8 +345,8 @@ class LoadedRun:
 
     @property
     def dataset(self) -> DatasetSpec:
-        """The dataset the run was trained on (checked by `check_run_config` on loading)."""
-        return get_dataset(run_dataset_name(self.config))
+        """The run's dataset (checked on loading; a folder's is read from config.json alone)."""
+        return run_dataset(self.config)
 
     @property
     def train_config(self) -> dict:
@@ -365,6 +405,19 @@ def run_dataset_name(config: dict, config_path: Path | str = CONFIG_FILE) -> str
     return name
 
 
+def run_dataset(config: dict, config_path: Path | str = CONFIG_FILE) -> DatasetSpec:
+    """A built-in dataset by name; a folder's from its recorded "dataset" and "train" settings."""
+    name = run_dataset_name(config, config_path)
+    if not is_folder_dataset(name):
+        return get_dataset(name)
+    try:
+        train = TrainConfig.from_json(config.get("train") or {})
+        options = train.folder_options(config.get("val_split_seed", VAL_SPLIT_SEED))
+        return folder_spec_from_json(config["dataset"], options)
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
+        raise CheckpointError(f"{config_path}: no valid folder dataset recorded ({err})") from None
+
+
 def check_run_config(config: dict, config_path: Path) -> None:
     """The sections commands read beside "model" must have the shapes cnnlab writes."""
     for section in ("dataset", "train", "normalization", "runtime"):
@@ -373,10 +426,13 @@ def check_run_config(config: dict, config_path: Path) -> None:
     norm = config.get("normalization", {})
     for key in ("mean", "std"):
         value = norm.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise CheckpointError(f"{config_path}: normalization {key} must be a number or null")
+        values = value if isinstance(value, list) and value else [value]
+        if value is not None and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise CheckpointError(f"{config_path}: normalization {key} must be numbers or null")
     try:
-        get_dataset(run_dataset_name(config, config_path))
+        run_dataset(config, config_path)
     except ConfigError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from cnnlab.checkpoint import TrainingState
 from cnnlab.config import TrainConfig
-from cnnlab.data import get_dataset
+from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.data.preprocess import to_model_input
 from cnnlab.data.splits import DataSplits, Split
@@ -32,9 +32,12 @@ from cnnlab.runtime import Runtime, autocast, is_out_of_memory, seed_everything
 FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
 
 
-def build_model(config: TrainConfig, runtime: Runtime) -> torch.nn.Module:
-    """The recipe's untrained model on the runtime's device, in the runtime's memory layout."""
-    model = create_model(config.model_config()).to(runtime.device)
+def build_model(
+    config: TrainConfig, runtime: Runtime, spec: DatasetSpec | None = None
+) -> torch.nn.Module:
+    """The recipe's untrained model for `spec`'s input and classes (default: the recipe's
+    built-in dataset) on the runtime's device, in the runtime's memory layout."""
+    model = create_model(config.model_config(spec)).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -194,10 +197,11 @@ def compile_warmup(step_model, model, loader: DeviceLoader, runtime: Runtime) ->
     sizes = {min(loader.batch_size, len(loader.split)), len(loader.split) % loader.batch_size}
     model.train()
     for size in sorted(sizes - {0}):
-        x = to_model_input(loader.split.images[:size], loader.norm, loader.channels_last)
+        images, labels = loader.rows(slice(0, size))
+        x = to_model_input(images, loader.norm, loader.channels_last)
         with autocast(x.device, runtime.precision):
             logits = step_model(x)
-        F.cross_entropy(logits.float(), loader.split.labels[:size]).backward()
+        F.cross_entropy(logits.float(), labels).backward()
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - started
@@ -237,10 +241,15 @@ class DeviceSplits:
         return cls(splits.train.to(device), val, splits.test.to(device))
 
 
-def start_training(config: TrainConfig, runtime: Runtime, resume: TrainingState | None):
+def start_training(
+    config: TrainConfig,
+    runtime: Runtime,
+    resume: TrainingState | None,
+    spec: DatasetSpec | None = None,
+):
     """Seed, build the model and optimizer, and restore `resume`: (model, optimizer, epoch)."""
     seed_everything(config.seed)
-    model = build_model(config, runtime)
+    model = build_model(config, runtime, spec)
     optimizer = make_optimizer(config, model.parameters())
     if resume is None:
         return model, optimizer, 0
@@ -276,12 +285,19 @@ def fit(
     """
     spec = splits.spec or get_dataset(config.dataset)
     norm = spec.normalization(config.normalize)
-    model, optimizer, start_epoch = start_training(config, runtime, resume)
+    model, optimizer, start_epoch = start_training(config, runtime, resume, spec)
     metrics = list(resume.metrics) if resume else []
     history = [resume.step_losses] if resume else [torch.zeros(0)]
     data = DeviceSplits.of(splits, runtime.device)
     loader = DeviceLoader(
-        data.train, config.batch_size, True, config.seed, norm, runtime.channels_last
+        data.train,
+        config.batch_size,
+        True,
+        config.seed,
+        norm,
+        runtime.channels_last,
+        augment=augment_config(config),
+        device=runtime.device,
     )
     total_steps = len(loader) * config.epochs
     step_model = model
@@ -325,6 +341,15 @@ def fit(
         if test_report is None:  # resumed a run that had already finished all its epochs
             test_report = evaluate(model, data.test, settings)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
+
+
+def augment_config(config: TrainConfig):
+    """The recipe's `AugmentConfig`, or None for "none" (the loader's plain path)."""
+    if config.augment == "none":
+        return None
+    from cnnlab.data.augment import get_augment_preset
+
+    return get_augment_preset(config.augment)
 
 
 def epoch_line(record: dict) -> str:

@@ -44,6 +44,12 @@ def run_datasets(args: argparse.Namespace) -> int:
         )
     print(f"Data root: {resolve_data_root(args.data_dir)} (then, for mnist, the packaged copy)")
     print_table(rows, ["name", "shape", "classes", "train", "test", "found in", "description"])
+    print(
+        "\nYour own images: --dataset folder:PATH, where PATH holds one folder of images per "
+        "class\n(PATH/<class>/<image>), or PATH/train/<class>/... and PATH/test/<class>/... "
+        "(optionally PATH/val/).\nClass names are the folder names; without test/, a seeded "
+        "10% of each class is held out for testing."
+    )
     return 0
 
 

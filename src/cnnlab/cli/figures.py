@@ -10,6 +10,7 @@ Each prints the path of the PNG it wrote (--out FILE, else a descriptive name in
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -25,9 +26,12 @@ from cnnlab.cli.common import (
     runtime_for,
     save_figure_to,
 )
-from cnnlab.data import get_dataset, list_datasets
+from cnnlab.data import DatasetSpec, get_dataset, list_datasets
+from cnnlab.data.folder_splits import folder_splits
 from cnnlab.data.preprocess import to_model_input
-from cnnlab.data.sources import load_split, locate_data
+from cnnlab.data.registry import FolderOptions, folder_path, is_folder_dataset
+from cnnlab.data.sources import load_dataset, locate_data
+from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run
 from cnnlab.run import load_run, run_data_location, run_splits
@@ -63,7 +67,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--dataset",
         default="mnist",
-        help=f"one of {', '.join(list_datasets())} (default: mnist)",
+        help=f"one of {', '.join(list_datasets())}, or folder:PATH (default: mnist)",
     )
     add_split(p, default="train")
     p.add_argument(
@@ -107,18 +111,23 @@ def add_split(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def dataset_split(spec: DatasetSpec, root: Path, split: str) -> Split:
+    train, test = load_dataset(spec, root)
+    return train if split == "train" else test
+
+
 def run_featuremaps(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     require_conv_layers(run.model, run.model_config.name)
     spec = run.dataset
-    data = run_data_location(run.config, args.data_dir)
-    split = load_split(spec, data.root, train=args.split == "train")
+    split = dataset_split(spec, run_data_location(run.config, args.data_dir).root, args.split)
     if args.index >= len(split):
         raise ConfigError(
             f"--index {args.index} is out of range: the {spec.name} {args.split} split has "
             f"{len(split):,} images (0..{len(split) - 1})"
         )
-    x = to_model_input(split.images[args.index : args.index + 1], run.normalization)  # (1, C, H, W)
+    image = split.gather(slice(args.index, args.index + 1))
+    x = to_model_input(image, run.normalization)  # (1, C, H, W)
     maps = capture_feature_maps(run.model, x)
     stages = maps.stages if args.all_stages else block_outputs(maps)
     probs = maps.logits.softmax(dim=1)[0]
@@ -140,10 +149,17 @@ def run_featuremaps(args: argparse.Namespace) -> int:
 
 
 def run_samples(args: argparse.Namespace) -> int:
-    spec = get_dataset(args.dataset)
-    split = load_split(spec, locate_data(spec, args.data_dir).root, train=args.split == "train")
+    if is_folder_dataset(args.dataset):  # read with the default settings, as train would
+        splits = folder_splits(FolderOptions(folder_path(args.dataset)))
+        spec, split = splits.spec, splits.train if args.split == "train" else splits.test
+    else:
+        spec = get_dataset(args.dataset)
+        split = dataset_split(spec, locate_data(spec, args.data_dir).root, args.split)
     count = min(args.count, len(split))
-    if args.seed is None:
+    if args.seed is None and spec.folder is not None:  # a folder's files come in class order
+        index = torch.arange(count) * len(split) // count
+        which = f"{count} spread evenly"
+    elif args.seed is None:
         index = torch.arange(count)
         which = f"first {count}"
     else:
@@ -152,8 +168,9 @@ def run_samples(args: argparse.Namespace) -> int:
         which = f"{count} random (seed {args.seed})"
     labels = [f"{spec.classes[int(y)]}" for y in split.labels[index]]
     title = f"{spec.name} {args.split} images: {which} of {len(split):,}, titled with their label"
-    fig = sample_grid(split.images[index], labels, title)
-    path = save_figure_to(fig, args.out, None, f"samples-{spec.name}-{args.split}.png")
+    fig = sample_grid(split.gather(index), labels, title)
+    name = "folder-" + Path(spec.folder.path).name if spec.folder else spec.name
+    path = save_figure_to(fig, args.out, None, f"samples-{name}-{args.split}.png")
     print(f"Drew {count} {spec.name} {args.split} images ({which} of {len(split):,})")
     print(f"Wrote {path}")
     return 0
@@ -183,7 +200,7 @@ def run_mistakes(args: argparse.Namespace) -> int:
     if len(shown):
         title += f"; {len(shown)} shown, {order}"
     fig = mistakes_figure(
-        test.images[shown], shown.tolist(), true_names, pred_names, confidences, title
+        test.gather(shown), shown.tolist(), true_names, pred_names, confidences, title
     )
     path = save_figure_to(fig, args.out, run.run_dir, "mistakes.png")
     print(

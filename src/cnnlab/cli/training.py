@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -17,9 +18,10 @@ from cnnlab.cli.common import (
     positive_int,
     runtime_for,
 )
-from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
+from cnnlab.config import AUGMENTS, FITS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import get_dataset, list_datasets
-from cnnlab.data.sources import locate_data
+from cnnlab.data.registry import FOLDER_PREFIX, folder_path, is_folder_dataset
+from cnnlab.data.sources import DataLocation, locate_data
 from cnnlab.errors import ConfigError, EvaluationError, TrainingError
 from cnnlab.models import list_models
 from cnnlab.run import default_run_dir, resume_config, resume_run, run_data_location, train_run
@@ -40,7 +42,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--hidden", type=positive_int, help="hidden width of the mlp model (default: 128)"
     )
-    p.add_argument("--dataset", help=f"one of {', '.join(list_datasets())} (default: {D.dataset})")
+    p.add_argument(
+        "--dataset",
+        help=f"one of {', '.join(list_datasets())}, or folder:PATH, a folder of class folders "
+        f"(PATH/<class>/<image>, or PATH/train/<class>/... with PATH/test/) (default: {D.dataset})",
+    )
     p.add_argument("--epochs", type=positive_int, help=f"(default: {D.epochs})")
     p.add_argument("--batch-size", type=positive_int, help=f"(default: {D.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {D.lr:g})")
@@ -61,6 +67,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="subtract the dataset mean and divide by its std after x/255 (default: x/255 only)",
     )
+    p.add_argument(
+        "--augment",
+        help=f"augment each training batch: {', '.join(AUGMENTS)}; natural: random crop of the "
+        "4-pixel padded image and horizontal flip; digits: small rotation, zoom and shift and "
+        "stroke thickness, no flip (default: none)",
+    )
+    add_folder_flags(p)
     add_device(p, precision=True, default=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="use torch.compile (default: off)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)")
@@ -98,7 +111,55 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_train)
 
 
+def add_folder_flags(p: argparse.ArgumentParser) -> None:
+    """How a folder:PATH dataset is read; settings left out follow the images."""
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        metavar="PIXELS",
+        help="folder datasets: resize to PIXELSxPIXELS (default: the images' size when they all "
+        "share one, else 32)",
+    )
+    p.add_argument(
+        "--channels",
+        type=positive_int,
+        help="folder datasets: 1 (greyscale) or 3 (colour) (default: 1 when every image is "
+        "greyscale, else 3)",
+    )
+    p.add_argument(
+        "--fit",
+        help=f"folder datasets: how other sizes are fitted, one of {', '.join(FITS)}; crop scales "
+        "to cover and cuts the centre, pad scales to fit and pads with black (default: crop)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="folder datasets without a test/ folder: the share of each class held out for "
+        f"testing, seeded and recorded in the run's splits.json (default: {D.test_fraction})",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="folder datasets: stop when any image file cannot be read (default: skip it, list "
+        "it in the run's skipped.txt)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=positive_int,
+        metavar="MB",
+        help="folder datasets: decoded images above this many MiB are memory-mapped from the "
+        f"cache instead of held in memory (default: {D.memory_budget})",
+    )
+
+
 TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+
+def absolute_folder(dataset: str) -> str:
+    """folder:PATH with PATH made absolute, so that eval and --resume work from any folder."""
+    if not is_folder_dataset(dataset):
+        return dataset
+    return FOLDER_PREFIX + os.path.abspath(os.path.expanduser(folder_path(dataset)))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -118,6 +179,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError(f"{args.config}: {err}") from None
     if "hidden" in args:
         given["model_options"] = {**base.get("model_options", {}), "hidden": args.hidden}
+    if "dataset" in given:
+        given["dataset"] = absolute_folder(given["dataset"])
     return TrainConfig.from_json(base, **given)
 
 
@@ -145,7 +208,11 @@ def run_train(args: argparse.Namespace) -> int:
             result = resume_run(run_dir, runtime, data, config.epochs, progress=progress)
         else:
             overwrite = "overwrite" in args
-            data = locate_data(get_dataset(config.dataset), data_dir)
+            data = (
+                DataLocation(Path(folder_path(config.dataset)), "--dataset")
+                if is_folder_dataset(config.dataset)
+                else locate_data(get_dataset(config.dataset), data_dir)
+            )
             result = train_run(config, runtime, data, run_dir, overwrite, progress=progress)
     except KeyboardInterrupt:
         print(

@@ -155,16 +155,20 @@ def follow_images(scan: FolderScan, size, channels, workers, progress):
     return (channels, *size), failed
 
 
-def assign_splits(scan: FolderScan, files, test_fraction, val_fraction, seed):
-    """Hold out stratified test and validation files from training where the folder has none."""
+def assign_splits(scan: FolderScan, files, test_fraction, val_fraction, seed, val_size=0):
+    """Hold out stratified test and validation files from training where the folder has none.
+
+    `val_size` > 0 holds out exactly that many validation files instead of `val_fraction`.
+    """
     files, held_out = dict(files), []
     for split, fraction in (("test", test_fraction), ("val", val_fraction)):
-        if split in scan.files or fraction == 0:
+        count = val_size if split == "val" and val_size else None
+        if split in scan.files or (fraction == 0 and count is None):
             continue
         train = files["train"]
         left = 1 - test_fraction if held_out else 1.0  # val comes after a test hold-out, if any
         keep, held = stratified_holdout(
-            [f.label for f in train], fraction / left, seed + len(held_out)
+            [f.label for f in train], fraction / left, seed + len(held_out), count
         )
         files["train"], files[split] = [train[i] for i in keep], [train[i] for i in held]
         held_out.append(split)
@@ -231,6 +235,7 @@ def load_image_folder(
     fit: str = DEFAULT_FIT,
     test_fraction: float = 0.1,
     val_fraction: float = 0.0,
+    val_size: int = 0,
     seed: int = 0,
     strict: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -240,18 +245,28 @@ def load_image_folder(
 ) -> FolderDataset:
     """Scan, decode (or find in the cache) and split a folder dataset; see the module docstring.
 
-    `cache_dir` None decodes without caching (then the dataset must fit `memory_budget_bytes`);
-    `progress` None shows a bar when stderr is a terminal.
+    `val_size` > 0 holds out exactly that many training images for validation (stratified)
+    instead of `val_fraction`; `cache_dir` None decodes without caching (then the dataset must fit
+    `memory_budget_bytes`); `progress` None shows a bar when stderr is a terminal.
     """
     size = check_settings(image_size, channels, fit, test_fraction, val_fraction)
+    if val_size < 0 or (val_size and val_fraction):
+        raise ConfigError("give a validation size >= 0 or a validation fraction, not both")
     scan = scan_folder(path)
-    holds_out = "test" not in scan.files or (val_fraction > 0 and "val" not in scan.files)
+    if val_size and "val" in scan.files:
+        raise ConfigError(
+            f"{scan.root} has its own val/ folder for validation; holding out --val-size "
+            f"{val_size} training images as well is not supported: drop --val-size"
+        )
+    validates = val_fraction > 0 or val_size > 0
+    holds_out = "test" not in scan.files or (validates and "val" not in scan.files)
     settings = {
         "image_size": size,
         "channels": channels,
         "fit": fit,
         "test_fraction": None if "test" in scan.files else test_fraction,
         "val_fraction": None if "val" in scan.files else val_fraction,
+        "val_size": None if "val" in scan.files else val_size,
         "seed": seed if holds_out else None,
         "unreadable": [p for p, _ in scan.unreadable],  # they have no size or time to hash
     }
@@ -277,7 +292,7 @@ def load_image_folder(
         }
     if strict and skipped:
         raise too_many_skipped(scan.root, skipped)
-    files, held_out = assign_splits(scan, files, test_fraction, val_fraction, seed)
+    files, held_out = assign_splits(scan, files, test_fraction, val_fraction, seed, val_size)
     check_every_class(scan.root, scan.classes, files)
 
     mmapped = sum(map(len, files.values())) * math.prod(shape) > memory_budget_bytes

@@ -150,20 +150,53 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
     return FolderScan(root, layout, classes, files, tuple(unreadable))
 
 
-def stratified_holdout(labels, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def share_out(count: int, sizes) -> list[int]:
+    """`count` split over classes of `sizes` in proportion (largest remainders, ties to the first
+    class), each class giving at most all but one of its images."""
+    sizes = [int(n) for n in sizes]
+    quotas = [count * n / sum(sizes) for n in sizes]
+    counts = [min(int(q), n - 1) for q, n in zip(quotas, sizes)]
+    by_remainder = sorted(range(len(sizes)), key=lambda c: (-(quotas[c] - int(quotas[c])), c))
+    while sum(counts) < count:
+        room = [c for c in by_remainder if counts[c] < sizes[c] - 1]
+        if not room:
+            break
+        counts[room[0]] += 1
+        by_remainder.remove(room[0])
+        by_remainder.append(room[0])
+    return counts
+
+
+def stratified_holdout(
+    labels, fraction: float, seed: int, count: int | None = None
+) -> tuple[list[int], list[int]]:
     """Positions to keep and to hold out: `fraction` of each class, chosen by a seeded shuffle.
 
     A class of n images gives round(fraction * n) of them, at least one and at most n - 1 (so
-    training keeps every class); a class of one image stays whole. Both lists come back sorted.
+    training keeps every class); a class of one image stays whole. With `count`, exactly that many
+    are held out instead, shared over the classes in proportion to their sizes (`share_out`); a
+    count that would empty a class is a `DataError`. Both lists come back sorted.
     """
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == label) for label in classes]
+    if count is None:
+        counts = [
+            min(max(round(fraction * len(m)), 1), len(m) - 1) if fraction > 0 else 0
+            for m in members
+        ]
+    else:
+        most = len(labels) - len(classes)
+        if count > most:
+            raise DataError(
+                f"cannot hold out {count} of {len(labels)} training images: every one of the "
+                f"{len(classes)} classes must keep one (at most {most})"
+            )
+        counts = share_out(count, [len(m) for m in members])
     held = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        n = len(members)
-        count = min(max(round(fraction * n), 1), n - 1) if fraction > 0 else 0
-        held += rng.permutation(members)[:count].tolist()
+    for m, k in zip(members, counts):
+        held += rng.permutation(m)[:k].tolist()
     held_set = set(held)
     keep = [i for i in range(len(labels)) if i not in held_set]
     return keep, sorted(held)

@@ -75,7 +75,12 @@ def raw_path(folder: Path, name: str) -> Path | None:
 
 
 def is_present(spec: DatasetSpec, root: Path) -> bool:
-    """True when all four raw files (plain or .gz) exist under `root` (validated on reading)."""
+    """True when all the dataset's files (IDX files plain or .gz) exist under `root` (validated
+    on reading)."""
+    if spec.kind == "cifar10":
+        from cnnlab.data.cifar import is_cifar10_present
+
+        return is_cifar10_present(root)
     folder = root / spec.raw_folder
     return all(raw_path(folder, f) is not None for t in (True, False) for f in spec.files(t))
 
@@ -170,7 +175,18 @@ def read_split(spec: DatasetSpec, root: Path, train: bool) -> tuple[Split, list[
 
 
 def read_dataset(spec: DatasetSpec, root: Path, allow_download: bool = True) -> RawDataset:
-    """Both splits and the identity of their files, downloading when the files are missing."""
+    """Both splits and the identity of their files, downloading when the files are missing.
+
+    The identity is that of IDX files (MNIST-like datasets); CIFAR-10 and folders have none here.
+    """
+    if spec.kind == "cifar10":
+        return RawDataset(*load_cifar10_splits(spec, root, allow_download), ())
+    if spec.kind == "folder":
+        from cnnlab.data.folder_splits import load_folder
+
+        folder = load_folder(spec.folder)
+        train = Split(folder.train.images, folder.train.labels)
+        return RawDataset(train, Split(folder.test.images, folder.test.labels), ())
     ensure_present(spec, root, allow_download)
     train, train_files = read_split(spec, root, train=True)
     test, test_files = read_split(spec, root, train=False)
@@ -184,6 +200,24 @@ def load_split(spec: DatasetSpec, root: Path, train: bool, allow_download: bool 
 
 
 def load_dataset(spec: DatasetSpec, root: Path, allow_download: bool = True):
-    """Return `(train, test)` splits, downloading through torchvision if the files are missing."""
+    """Return `(train, test)` splits, downloading through torchvision if the files are missing.
+
+    CIFAR-10 is read by `cnnlab.data.cifar`; a folder dataset (a spec from
+    `cnnlab.data.folder_splits`) is read from its folder with its options, and its splits may be
+    memory-mapped.
+    """
     data = read_dataset(spec, root, allow_download)
     return data.train, data.test
+
+
+def load_cifar10_splits(spec: DatasetSpec, root: Path, allow_download: bool = True):
+    """CIFAR-10's `(train, test)`; its batches.meta.txt must name the classes the spec does."""
+    from cnnlab.data.cifar import FOLDER, META_FILE, load_cifar10
+
+    data = load_cifar10(root, allow_download)
+    if data.classes != spec.classes:
+        raise DataError(
+            f"{root / FOLDER / META_FILE}: names the classes {', '.join(data.classes)}; "
+            f"CIFAR-10's are {', '.join(spec.classes)}"
+        )
+    return Split(data.train_images, data.train_labels), Split(data.test_images, data.test_labels)

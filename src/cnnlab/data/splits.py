@@ -1,9 +1,14 @@
-"""Splits held in memory: uint8 images with their labels, the validation hold-out and subsets."""
+"""Splits held in memory: uint8 images with their labels, the validation hold-out and subsets.
+
+The images of a folder dataset bigger than its memory budget are a read-only memory-mapped numpy
+array instead of a tensor; `Split.gather` reads rows of either kind as a tensor.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cnnlab.data.registry import DatasetSpec
@@ -12,18 +17,39 @@ from cnnlab.errors import ConfigError
 
 @dataclass
 class Split:
-    """Images as uint8 `(N, C, H, W)` and labels as int64 `(N,)`."""
+    """Images as uint8 `(N, C, H, W)` and labels as int64 `(N,)`.
 
-    images: torch.Tensor
+    `images` is a tensor, or (`mapped`) a memory-mapped numpy array that stays on disk: `to`
+    leaves it there and `gather` reads the rows a batch needs.
+    """
+
+    images: torch.Tensor | np.ndarray
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    @property
+    def mapped(self) -> bool:
+        return not isinstance(self.images, torch.Tensor)
+
+    def gather(self, index) -> torch.Tensor:
+        """uint8 images of rows `index` (a slice, or indices in any order) as a tensor."""
+        if not self.mapped:
+            return self.images[index]
+        from cnnlab.data.folder_images import gather_batch  # only mapped folder data needs it
+
+        return gather_batch(self.images, index)
+
     def subset(self, index) -> Split:
+        """Rows `index`; a slice of mapped images stays mapped, other indices are read in."""
+        if self.mapped and not isinstance(index, slice):
+            return Split(self.gather(index), self.labels[index])
         return Split(self.images[index], self.labels[index])
 
     def to(self, device) -> Split:
+        if self.mapped:  # stays on disk; batches are gathered and moved one at a time
+            return self
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -34,6 +60,7 @@ class DataSplits:
     test: Split
     spec: DatasetSpec | None = None  # the dataset they came from, resolved once where a run starts
     files: tuple = ()  # the identity of the files read (cnnlab.data.identity.FileIdentity)
+    folder: object = None  # a folder:PATH dataset's FolderDataset (files, skipped files, cache)
 
 
 def make_splits(
