@@ -8,16 +8,17 @@ The library side (training, summaries, results.json, the plot) is `cnnlab.compar
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
     add_subset_flags,
-    non_negative_int,
-    positive_int,
+    int_in,
+    path_arg,
     print_table,
     runtime_for,
+    seed_int,
+    setting_int,
 )
 from cnnlab.config import TrainConfig
 from cnnlab.data import get_dataset, list_datasets
@@ -37,16 +38,18 @@ def register(subparsers) -> None:
         "MLP). Prints parameters, test accuracy and training time (mean ± std over seeds) and "
         "writes compare.png and results.json into the output folder.",
     )
-    p.add_argument("--epochs", type=positive_int, default=D.epochs, help=f"(default: {D.epochs})")
+    p.add_argument(
+        "--epochs", type=setting_int("epochs"), default=D.epochs, help=f"(default: {D.epochs})"
+    )
     p.add_argument(
         "--seeds",
-        type=positive_int,
+        type=int_in(1, 1000),
         default=1,
         help="train each model with this many seeds and report mean ± std (default: 1)",
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_int,
         default=D.seed,
         help=f"the first seed; --seeds N uses SEED..SEED+N-1 (default: {D.seed})",
     )
@@ -57,13 +60,16 @@ def register(subparsers) -> None:
     )
     add_subset_flags(p)
     p.add_argument(
-        "--batch-size", type=positive_int, default=D.batch_size, help=f"(default: {D.batch_size})"
+        "--batch-size",
+        type=setting_int("batch_size"),
+        default=D.batch_size,
+        help=f"(default: {D.batch_size})",
     )
     p.add_argument("--lr", type=float, default=D.lr, help=f"Adam learning rate (default: {D.lr:g})")
     add_device(p, precision=True)
     p.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="folder for compare.png and results.json (default: runs/compare-<date-time>)",
     )

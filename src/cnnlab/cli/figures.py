@@ -19,11 +19,13 @@ from cnnlab.cli.common import (
     add_device,
     add_figure_out,
     add_run,
+    int_in,
     non_negative_int,
-    positive_int,
     print_table,
     runtime_for,
     save_figure_to,
+    seed_int,
+    setting_int,
 )
 from cnnlab.data import DatasetSpec, get_dataset, list_datasets
 from cnnlab.data.preprocess import to_model_input
@@ -36,6 +38,7 @@ from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, requir
 from cnnlab.viz.tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
+MAX_GRID = 256  # images in one figure: more would be too small to see and slow to draw
 
 
 def register(subparsers) -> None:
@@ -68,11 +71,14 @@ def register(subparsers) -> None:
     )
     add_split(p, default="train")
     p.add_argument(
-        "--count", type=positive_int, default=32, help="how many images to draw (default: 32)"
+        "--count",
+        type=int_in(1, MAX_GRID),
+        default=32,
+        help=f"how many images to draw, 1-{MAX_GRID} (default: 32)",
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_int,
         help="draw a random selection with this seed (default: the first COUNT images)",
     )
     add_data_dir(p)
@@ -87,7 +93,10 @@ def register(subparsers) -> None:
     )
     add_run(p)
     p.add_argument(
-        "--count", type=positive_int, default=32, help="at most this many images (default: 32)"
+        "--count",
+        type=int_in(1, MAX_GRID),
+        default=32,
+        help=f"at most this many images, 1-{MAX_GRID} (default: 32)",
     )
     p.add_argument(
         "--order",
@@ -97,7 +106,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--test-subset",
-        type=positive_int,
+        type=setting_int("test_subset"),
         help="look at the first N test images (default: what the run was evaluated on)",
     )
     add_device(p)

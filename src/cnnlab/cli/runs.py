@@ -10,10 +10,10 @@ from cnnlab.cli.common import (
     add_device,
     add_figure_out,
     add_run,
-    positive_int,
     print_table,
     runtime_for,
     save_figure_to,
+    setting_int,
 )
 from cnnlab.data.sources import resolve_data_root
 from cnnlab.errors import ConfigError
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--test-subset",
-        type=positive_int,
+        type=setting_int("test_subset"),
         help="evaluate the first N test images (default: what the run used)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")

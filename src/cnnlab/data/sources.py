@@ -13,15 +13,16 @@ from cnnlab.data.idx import read_idx_pair
 from cnnlab.data.registry import DatasetSpec
 from cnnlab.data.splits import Split
 from cnnlab.errors import DataError
+from cnnlab.files import expand_path
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None = None, env=None) -> Path:
     """--data-dir, else $CNNLAB_DATA, else the per-user cache folder ($XDG_CACHE_HOME/cnnlab)."""
     env = os.environ if env is None else env
     if data_dir:
-        return Path(data_dir).expanduser()
+        return expand_path(data_dir)
     if env.get("CNNLAB_DATA"):
-        return Path(env["CNNLAB_DATA"]).expanduser()
+        return expand_path(env["CNNLAB_DATA"])
     cache = env.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "cnnlab"
 
