@@ -374,7 +374,7 @@ TAMPERED = {
     truncated_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
     garbage_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
     empty_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
-    no_weights: ("", f"no {WEIGHTS_FILE} (not a cnnlab run folder?)"),
+    no_weights: ("", f"no {WEIGHTS_FILE}, but {CHECKPOINT_FILE} holds the last saved epoch"),
 }
 
 

@@ -18,45 +18,38 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cnnlab import __version__, checkpoint
-from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+from cnnlab import __version__, checkpoint, runfolder, schema
+from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.config import TrainConfig
 from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.data.preprocess import Normalization
 from cnnlab.data.sources import load_dataset
 from cnnlab.data.splits import DataSplits, make_splits
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError, shell_command
 from cnnlab.files import (
     PICKLE_SUFFIXES,
     atomic_write_text,
     load_safetensors,
-    read_json,
+    parse_json,
+    read_bounded,
     refuse_pickle,
     write_json,
 )
-from cnnlab.models import ModelConfig, conv_layer_names
+from cnnlab.models import ModelConfig, conv_layer_names, create_model
 from cnnlab.runtime import Runtime
 from cnnlab.train import EpochEnd, FitResult, fit
 from cnnlab.viz import save_figure
 from cnnlab.viz import training as viz
 
-METRICS_FILE = "metrics.jsonl"
-TRAINING_FILES = (
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    CHECKPOINT_FILE,
-    "loss.png",
-    "filters.png",
-)
+MAX_METRICS_BYTES = 64 << 20
 VAL_SPLIT_SEED = 0  # the validation hold-out is the same for every training seed
 
 
@@ -126,69 +119,47 @@ def train_run(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    on_saved: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Train a new run into `run_dir` and write every run file."""
-    splits = load_splits(config, data_root)
-    prepare_run_dir(run_dir, overwrite)
-    log(f"Run folder: {run_dir}")
-    write_json(run_dir / CONFIG_FILE, run_config_json(config, runtime, data_root))
-    result = fit(config, splits, runtime, on_epoch=saver(run_dir), log=log, progress=progress)
-    write_run_figures(run_dir, result)
-    return result
+    """Train a new run into `run_dir` and write every run file.
 
-
-def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
-    """The recorded recipe of `run_dir`, with the epoch count extended to `epochs` if given."""
-    recorded = read_json(Path(run_dir) / CONFIG_FILE)
-    try:
-        config = TrainConfig.from_json(recorded["train"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(
-            f"{run_dir}: config.json has no valid 'train' section ({err})"
-        ) from None
-    if epochs is not None:
-        config = TrainConfig.from_json(config.to_json(), epochs=epochs)
-    return config
-
-
-def resume_run(
-    run_dir: Path,
-    runtime: Runtime,
-    data_root: Path,
-    epochs: int | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = False,
-) -> FitResult:
-    """Continue `run_dir` from its last completed epoch (to `epochs` in all, if given)."""
+    Everything that can be checked is checked before the folder is touched: the data, the
+    model's size, the folder, the free space. The run trains in a staging folder and replaces
+    the folder's previous run only once its first epoch is saved (`cnnlab.runfolder`).
+    `on_saved(n)` is called each time this run's epoch `n` is saved in `run_dir`.
+    """
     run_dir = Path(run_dir)
-    config = resume_config(run_dir, epochs)
-    state = checkpoint.load_training_state(run_dir)
-    if config.epochs < state.epochs_done:
-        raise ConfigError(
-            f"--epochs {config.epochs} is fewer than the {state.epochs_done} epochs already done"
-        )
-    if config.epochs == state.epochs_done:
-        raise ConfigError(
-            f"{run_dir} already finished its {state.epochs_done} epochs; pass --epochs N "
-            f"(more than {state.epochs_done}) to train it further"
-        )
     splits = load_splits(config, data_root)
-    log(f"Run folder: {run_dir}")
-    log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
-    recorded = read_json(run_dir / CONFIG_FILE)
-    recorded["train"] = config.to_json()
-    write_json(run_dir / CONFIG_FILE, recorded)
-    result = fit(
-        config,
-        splits,
-        runtime,
-        resume=state,
-        on_epoch=saver(run_dir),
-        log=log,
-        progress=progress,
-    )
-    write_run_figures(run_dir, result)
+    with torch.device("meta"):  # checks the model and sizes its files, allocating nothing
+        probe = create_model(config.model_config())
+    model_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    with runfolder.new_run(run_dir, overwrite, 4 * model_bytes + (1 << 20)) as stage:
+        log(f"Run folder: {run_dir}")
+        write_json(stage.staging / CONFIG_FILE, run_config_json(config, runtime, data_root))
+
+        def save(end: EpochEnd) -> None:
+            stage.save(lambda folder: save_epoch(folder, end))
+            if on_saved is not None:
+                on_saved(len(end.metrics))
+
+        result = fit(config, splits, runtime, on_epoch=save, log=log, progress=progress)
+        write_run_figures(run_dir, result)
     return result
+
+
+def not_started_message(run_dir: Path) -> str:
+    """What a folder whose training stopped before its first epoch ended says, for every command."""
+    return (
+        f"{run_dir} holds no completed epoch (its training stopped before the first epoch "
+        f"ended), so there is nothing to resume or evaluate; start it again with: "
+        f"{restart_command(run_dir)}"
+    )
+
+
+def restart_command(run_dir: Path) -> str:
+    """The command that trains the recipe in `run_dir`'s config.json again, in its place."""
+    config, out = os.path.abspath(run_dir / CONFIG_FILE), os.path.abspath(run_dir)
+    return shell_command("cnnlab", "train", "--config", config, "--out", out, "--overwrite")
 
 
 def write_run_figures(run_dir: Path, result: FitResult) -> None:
@@ -207,39 +178,18 @@ def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl ([] when there is none), read within bounds."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON lines ({err})") from None
-
-
-def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create (or, with `overwrite`, reuse) a run folder and check that it can be written.
-
-    An existing non-empty folder is refused unless `overwrite`; then only cnnlab's own training
-    files are replaced, never the user's other files.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"output {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"run folder {path} already exists and is not empty; pass --overwrite to replace its "
-            f"training files, or --resume {path} to continue it"
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"cannot write to output folder {path}: {err.strerror or err}") from None
-    if overwrite:
-        for name in TRAINING_FILES:
-            (path / name).unlink(missing_ok=True)
-    return path
+    records = [
+        parse_json(line, path)
+        for line in read_bounded(path, CheckpointError, MAX_METRICS_BYTES).splitlines()
+        if line.strip()
+    ]
+    if not all(isinstance(r, dict) for r in records):
+        raise CheckpointError(f"{path}: not valid JSON lines (each line must be an object)")
+    return records
 
 
 @dataclass
@@ -251,7 +201,7 @@ class LoadedRun:
 
     @property
     def dataset(self) -> DatasetSpec:
-        """The dataset the run was trained on (checked by `check_run_config` on loading)."""
+        """The dataset the run was trained on (checked by `schema.check_run_config` on loading)."""
         return get_dataset(run_dataset_name(self.config))
 
     @property
@@ -281,6 +231,14 @@ def find_run(path: Path) -> tuple[Path, Path]:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             refuse_pickle(path / pickles[0])
+        if (path / CHECKPOINT_FILE).exists():
+            command = shell_command("cnnlab", "train", "--resume", os.path.abspath(path))
+            raise CheckpointError(
+                f"{path}: no {WEIGHTS_FILE}, but {CHECKPOINT_FILE} holds the last saved epoch; "
+                f"write the weights from it (and train on if epochs remain) with: {command}"
+            )
+        if (path / CONFIG_FILE).exists():
+            raise CheckpointError(not_started_message(path))
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (not a cnnlab run folder?)")
     return path, weights
 
@@ -292,12 +250,16 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
     does) and the predictions are bit-identical to the trained model's.
     """
     run_dir, weights_path = find_run(path)
-    config = read_json(run_dir / CONFIG_FILE)
-    check_run_config(config, run_dir / CONFIG_FILE)
+    config = schema.read_run_config(run_dir)
+    run_dataset_name(config, run_dir / CONFIG_FILE)
     model_config, model = checkpoint.model_from_config(config, run_dir / CONFIG_FILE)
-    tensors, _ = load_safetensors(weights_path)
     if weights_path.name == CHECKPOINT_FILE:
-        tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        tensors = checkpoint.load_training_state(run_dir).model_state
+    else:
+        tensors, _ = load_safetensors(
+            weights_path,
+            check=lambda header, _: checkpoint.check_weights_fit(header, model, weights_path),
+        )
     checkpoint.load_weights(model, tensors, weights_path)
     model.to(device).eval()
     return LoadedRun(run_dir, config, model_config, model)
@@ -308,23 +270,11 @@ def run_dataset_name(config: dict, config_path: Path | str = CONFIG_FILE) -> str
     name = config.get("dataset", {}).get("name") or config.get("train", {}).get("dataset")
     if not isinstance(name, str):
         raise CheckpointError(f"{config_path}: no dataset recorded (expected dataset.name)")
-    return name
-
-
-def check_run_config(config: dict, config_path: Path) -> None:
-    """The sections commands read beside "model" must have the shapes cnnlab writes."""
-    for section in ("dataset", "train", "normalization", "runtime"):
-        if not isinstance(config.get(section, {}), dict):
-            raise CheckpointError(f"{config_path}: '{section}' must be a JSON object")
-    norm = config.get("normalization", {})
-    for key in ("mean", "std"):
-        value = norm.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise CheckpointError(f"{config_path}: normalization {key} must be a number or null")
     try:
-        get_dataset(run_dataset_name(config, config_path))
+        get_dataset(name)
     except ConfigError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
+    return name
 
 
 def save_epoch(run_dir: Path, end: EpochEnd) -> None:
