@@ -239,6 +239,11 @@ def find_run(path: Path) -> tuple[Path, Path]:
             )
         if (path / CONFIG_FILE).exists():
             raise CheckpointError(not_started_message(path))
+        if any(p.name.startswith(runfolder.STAGING_PREFIX) for p in path.iterdir()):
+            raise CheckpointError(
+                f"{path}: no epoch saved yet (its first epoch is training, or was stopped; then "
+                f"run the same cnnlab train command again)"
+            )
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (not a cnnlab run folder?)")
     return path, weights
 

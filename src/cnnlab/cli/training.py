@@ -24,7 +24,13 @@ from cnnlab.cli.common import (
 from cnnlab.config import OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import list_datasets
 from cnnlab.data.sources import resolve_data_root
-from cnnlab.errors import CheckpointError, ConfigError, TrainingError, shell_command
+from cnnlab.errors import (
+    CheckpointError,
+    ConfigError,
+    OutputError,
+    TrainingError,
+    shell_command,
+)
 from cnnlab.models import MAX_OPTION_INT, list_models
 from cnnlab.resume import resume_config, resume_run
 from cnnlab.run import default_run_dir, train_run
@@ -195,8 +201,8 @@ def run_train(args: argparse.Namespace) -> int:
         stopped = "Terminated." if isinstance(err, Terminated) else "Interrupted."
         print(f"{stopped} {saved_epochs(run_dir, saved, resuming)}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
-    except TrainingError as err:
-        raise TrainingError(f"{err} {saved_epochs(run_dir, saved, resuming)}") from None
+    except (TrainingError, OutputError) as err:  # a diverging loss, a full disk
+        raise type(err)(f"{err}. {saved_epochs(run_dir, saved, resuming)}") from None
     where = os.path.abspath(run_dir)
     print(f"Test accuracy: {result.test_accuracy:.3f}")
     print(f"Evaluate: {shell_command('cnnlab', 'eval', where)}")
