@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -147,6 +148,26 @@ def test_a_fresh_run_that_saves_nothing_leaves_no_folder(fake_root, tmp_path, ca
     assert "No epoch was completed" in one_error_line(capsys)
     assert not out.exists()
     assert train(fake_root, out) == 0, "the same command works once the loss is finite"
+
+
+def test_ctrl_c_during_a_save_takes_effect_after_the_epoch_is_saved(tmp_path):
+    """The signal is sent from inside the save: the save finishes, then KeyboardInterrupt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stage = runfolder.Stage(run, run / f"{runfolder.STAGING_PREFIX}{os.getpid()}")
+    stage.staging.mkdir()
+    (stage.staging / CONFIG_FILE).write_text("{}")
+
+    def save_files(folder: Path) -> None:
+        (folder / CHECKPOINT_FILE).write_bytes(b"checkpoint")
+        os.kill(os.getpid(), signal.SIGINT)
+        (folder / WEIGHTS_FILE).write_bytes(b"weights")
+        (folder / METRICS_FILE).write_text("{}\n")
+
+    with pytest.raises(KeyboardInterrupt):
+        stage.save(save_files)
+    assert sorted(os.listdir(run)) == [CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE]
+    assert stage.swapped
 
 
 # --- leftovers of a killed process --------------------------------------------------------------
