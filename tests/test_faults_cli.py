@@ -347,6 +347,21 @@ def test_out_of_memory_in_epoch_two_keeps_epoch_one(fake_root, tmp_path, capsys,
     assert [m["epoch"] for m in metrics(run)] == [1]
 
 
+def test_cpu_allocation_failure_suggests_a_smaller_batch(fake_root, tmp_path, capsys, monkeypatch):
+    """What PyTorch's CPU allocator raises when a batch does not fit (injected)."""
+
+    def step(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 40000000000000 bytes."
+        )
+
+    monkeypatch.setattr(cnnlab.train, "train_step", step)
+    assert train(fake_root, tmp_path / "run", "--batch-size", "60000") == 1
+    line = one_error_line(capsys)
+    assert "out of memory on cpu at batch size 60000; try a smaller --batch-size" in line
+
+
 def test_batch_size_one_out_of_memory_suggests_one(fake_root, tmp_path, capsys, monkeypatch):
     """Injected fault: the suggestion never goes below a batch of 1."""
     out_of_memory_from_call(monkeypatch, 1)

@@ -154,10 +154,14 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
 
 @contextmanager
 def out_of_memory_hint(device: torch.device, batch_size: int):
-    """Turn the accelerator's out-of-memory error into one line that suggests a smaller batch."""
+    """Turn an out-of-memory error (the accelerator's, or a CPU allocation that failed) into one
+    line that suggests a smaller batch."""
     try:
         yield
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        cpu_failed = isinstance(err, MemoryError) or "can't allocate memory" in str(err)
+        if not isinstance(err, torch.cuda.OutOfMemoryError) and not cpu_failed:
+            raise
         raise TrainingError(
             f"out of memory on {device} at batch size {batch_size}; "
             f"try a smaller --batch-size, such as {max(batch_size // 2, 1)}"
