@@ -226,3 +226,11 @@ def test_summary_input_shapes_are_bounded(shape, message, capsys):
 def test_a_model_too_big_to_build_is_refused_before_allocating(capsys):
     assert main(["summary", "--model", "mlp", "--input", "3x2048x2048"]) == 1
     assert "parameters, more than the 268,435,456 cnnlab builds" in one_error_line(capsys)
+
+
+def test_compare_seeds_past_the_largest_seed_are_refused_before_its_folder(tmp_path, capsys):
+    out = tmp_path / "compare"
+    argv = ["compare", "--seed", str(MAX_SEED), "--seeds", "2", "--out", str(out)]
+    assert main(argv) == 1
+    assert "goes past the largest seed" in one_error_line(capsys)
+    assert not out.exists()

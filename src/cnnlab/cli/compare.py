@@ -20,9 +20,10 @@ from cnnlab.cli.common import (
     seed_int,
     setting_int,
 )
-from cnnlab.config import TrainConfig
+from cnnlab.config import MAX_SEED, TrainConfig
 from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.sources import resolve_data_root
+from cnnlab.errors import ConfigError
 from cnnlab.run import load_splits
 from cnnlab.teach import compare
 
@@ -97,6 +98,10 @@ def run_compare(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
+    if args.seed + args.seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"--seed {args.seed} with --seeds {args.seeds} goes past the largest seed, {MAX_SEED}"
+        )
     runtime = runtime_for(recipe.device, recipe.precision)
     out_dir = compare.prepare_compare_dir(args.out or compare.default_compare_dir(), args.overwrite)
     spec = get_dataset(recipe.dataset)
