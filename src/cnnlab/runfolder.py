@@ -94,7 +94,8 @@ def check_target(run_dir: Path, overwrite: bool) -> None:
 
 
 class Stage:
-    """A new run training beside its folder until its first epoch is saved, then inside it."""
+    """A new run: saved in its staging folder until its first epoch is swapped in, then in the
+    run folder itself."""
 
     def __init__(self, run_dir: Path, staging: Path):
         self.run_dir = run_dir
@@ -115,7 +116,7 @@ class Stage:
 
 @contextlib.contextmanager
 def new_run(run_dir: Path, overwrite: bool = False, needed_bytes: int = 0) -> Iterator[Stage]:
-    """Lock `run_dir` (created if missing) and stage a new run beside it; see the module doc.
+    """Lock `run_dir` (created if missing) and give a new run its staging folder; see above.
 
     On leaving, a run that saved no epoch leaves no trace: its staging folder is removed, and so
     is `run_dir` if this call created it.
@@ -185,7 +186,8 @@ def clear_leftovers(run_dir: Path) -> None:
         saved = all((staging / n).exists() or (run_dir / n).exists() for n in EPOCH_FILES[:3])
         swap_begun = not (run_dir / CONFIG_FILE).exists()
         if saved and swap_begun and (staging / CONFIG_FILE).exists():
-            swap_in(staging, run_dir)
+            with deferred_signals():
+                swap_in(staging, run_dir)
         else:
             shutil.rmtree(staging, ignore_errors=True)
     for name in os.listdir(run_dir):
