@@ -15,7 +15,7 @@ import torch
 from cnnlab import schema
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.files import load_safetensors, save_safetensors
+from cnnlab.files import load_safetensors, read_json, save_safetensors
 from cnnlab.models import ModelConfig, create_model
 
 CONFIG_FILE = "config.json"
@@ -34,11 +34,19 @@ SAFETENSORS_DTYPES = {
 }
 
 
+def read_run_config(run_dir: Path) -> dict:
+    """`run_dir`'s config.json, read within bounds and checked whole (`schema.check_run_config`)."""
+    path = Path(run_dir) / CONFIG_FILE
+    config = read_json(path)
+    schema.check_run_config(config, path)
+    return config
+
+
 def model_from_config(config: dict, config_path: Path) -> tuple[ModelConfig, torch.nn.Module]:
     """Build the untrained model that config.json's "model" entry describes."""
     try:
         model_config = ModelConfig.from_json(config["model"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise CheckpointError(f"{config_path}: no valid 'model' entry ({err})") from None
     try:
         return model_config, create_model(model_config)
@@ -137,7 +145,7 @@ def save_training_state(
 def load_training_state(run_dir: Path) -> TrainingState:
     """The training state in `run_dir`'s checkpoint, after checking it against the run.
 
-    config.json is checked first (`schema.read_run_config`), then every tensor the checkpoint
+    config.json is checked first (`read_run_config`), then every tensor the checkpoint
     declares and all its metadata are checked against the model and optimizer that config
     builds (`schema.check_checkpoint`) before a single tensor is read.
     """
@@ -148,7 +156,7 @@ def load_training_state(run_dir: Path) -> TrainingState:
             f"{run_dir}: no {CHECKPOINT_FILE}, so there is nothing to resume "
             f"(no epoch was completed?)"
         )
-    config = schema.read_run_config(run_dir)
+    config = read_run_config(run_dir)
     expected = expected_checkpoint(config, run_dir / CONFIG_FILE)
     tensors, meta = load_safetensors(
         path, check=lambda header, meta: schema.check_checkpoint(header, meta, expected, path)
@@ -178,7 +186,7 @@ def expected_checkpoint(config: dict, config_path: Path) -> schema.ExpectedCheck
 
     if not isinstance(config.get("train"), dict):
         raise CheckpointError(f"{config_path}: no 'train' section, so the run cannot be resumed")
-    train = TrainConfig.from_json(config["train"])  # checked by schema.read_run_config
+    train = TrainConfig.from_json(config["train"])  # checked by read_run_config
     _, model = model_from_config(config, config_path)
     probe = torch.zeros(1, requires_grad=True)  # one step of the recipe's optimizer on a scalar
     probe.grad = torch.zeros(1)

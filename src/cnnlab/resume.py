@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnlab import checkpoint, runfolder, schema
+from cnnlab import checkpoint, runfolder
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.config import TrainConfig
 from cnnlab.data.splits import DataSplits
@@ -33,7 +33,7 @@ from cnnlab.train import EpochEnd, FitResult, fit
 
 def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
     """The recorded recipe of `run_dir`, with the epoch count extended to `epochs` if given."""
-    recorded = schema.read_run_config(Path(run_dir))
+    recorded = checkpoint.read_run_config(Path(run_dir))
     if not isinstance(recorded.get("train"), dict):
         raise CheckpointError(f"{run_dir}: config.json has no valid 'train' section")
     config = TrainConfig.from_json(recorded["train"])
@@ -58,7 +58,7 @@ def resume_run(
     """
     run_dir = Path(run_dir)
     with runfolder.locked_run(run_dir):
-        recorded = schema.read_run_config(run_dir)
+        recorded = checkpoint.read_run_config(run_dir)
         config = resume_config(run_dir, epochs)
         state = load_state_to_resume(run_dir)
         if config.epochs < state.epochs_done:

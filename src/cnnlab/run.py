@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import __version__, checkpoint, runfolder, schema
+from cnnlab import __version__, checkpoint, runfolder
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.config import TrainConfig
 from cnnlab.data import DatasetSpec, get_dataset
@@ -255,7 +255,7 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
     does) and the predictions are bit-identical to the trained model's.
     """
     run_dir, weights_path = find_run(path)
-    config = schema.read_run_config(run_dir)
+    config = checkpoint.read_run_config(run_dir)
     run_dataset_name(config, run_dir / CONFIG_FILE)
     model_config, model = checkpoint.model_from_config(config, run_dir / CONFIG_FILE)
     if weights_path.name == CHECKPOINT_FILE:

@@ -6,7 +6,7 @@ with the rest of the run (the model section with the recipe and the dataset, the
 tensors with the model and the optimizer that the recipe builds, down to their dtypes). Every
 problem is one `CheckpointError` naming the file; nothing else escapes.
 
-    >>> config = read_run_config(Path("runs/x"))     # the whole config.json, validated
+    >>> check_run_config(json.loads(path.read_text()), path)  # config.json, whole
     >>> check_checkpoint(header, meta, expected, path)  # before a tensor is read
 """
 
@@ -18,10 +18,8 @@ from pathlib import Path
 
 from cnnlab.config import MAX_SEED, TrainConfig
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.files import read_json
 from cnnlab.models import MAX_CLASSES, ModelConfig, check_model_config
 
-CONFIG_FILE = "config.json"
 MAX_THREADS = 1 << 12
 MAX_TEXT = 4096  # characters of a recorded name, path or version
 METRIC_NUMBERS = (
@@ -64,10 +62,10 @@ def need_text(value, path: Path, where: str) -> None:
     need(isinstance(value, str) and len(value) <= MAX_TEXT, path, f"{where} must be a string")
 
 
-def short(value) -> str:
-    """A value for a one-line message: at most 60 characters of its repr."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def short(value, limit: int = 60) -> str:
+    """A value for a one-line message: at most `limit` characters of its repr."""
+    text = value if isinstance(value, str) and limit > 60 else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def section(config: dict, name: str, path: Path) -> dict:
@@ -78,14 +76,6 @@ def section(config: dict, name: str, path: Path) -> dict:
 
 
 # --- config.json ---------------------------------------------------------------------------------
-
-
-def read_run_config(run_dir: Path) -> dict:
-    """`run_dir`'s config.json, read within bounds and checked whole (`check_run_config`)."""
-    path = Path(run_dir) / CONFIG_FILE
-    config = read_json(path)
-    check_run_config(config, path)
-    return config
 
 
 def check_run_config(config: dict, path: Path) -> None:
@@ -129,10 +119,11 @@ def check_model_section(config: dict, path: Path) -> ModelConfig | None:
     try:
         check_model_config(model)
     except ConfigError as err:
-        if str(err).startswith("unknown model"):
-            raise CheckpointError(f"{path}: {err}") from None
+        reason = short(str(err), 300)  # it may quote a value of any size
+        if reason.startswith("unknown model"):
+            raise CheckpointError(f"{path}: {reason}") from None
         raise CheckpointError(
-            f"{path}: cannot build model {name!r} from its 'model' entry ({err})"
+            f"{path}: cannot build model {short(name)} from its 'model' entry ({reason})"
         ) from None
     return model
 
@@ -145,7 +136,7 @@ def check_train_section(config: dict, path: Path) -> TrainConfig | None:
     try:
         return TrainConfig.from_json(train)
     except ConfigError as err:
-        raise CheckpointError(f"{path}: 'train' section: {err}") from None
+        raise CheckpointError(f"{path}: 'train' section: {short(str(err), 300)}") from None
 
 
 def check_dataset_section(dataset: dict, model: ModelConfig | None, path: Path) -> None:

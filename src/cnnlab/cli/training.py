@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from cnnlab import files, run, runfolder, schema
+from cnnlab import checkpoint, files, run, runfolder
 from cnnlab.cli.common import (
     Terminated,
     add_data_dir,
@@ -159,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         config = resume_config(run_dir, getattr(args, "epochs", None))
         device, precision, threads = resume_settings(
-            schema.read_run_config(run_dir).get("runtime", {}),
+            checkpoint.read_run_config(run_dir).get("runtime", {}),
             getattr(args, "device", None),
             getattr(args, "precision", None),
             getattr(args, "threads", None),
