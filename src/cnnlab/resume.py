@@ -33,10 +33,13 @@ from cnnlab.train import EpochEnd, FitResult, fit
 
 def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
     """The recorded recipe of `run_dir`, with the epoch count extended to `epochs` if given."""
-    recorded = checkpoint.read_run_config(Path(run_dir))
+    return recorded_recipe(checkpoint.read_run_config(Path(run_dir)), run_dir, epochs)
+
+
+def recorded_recipe(recorded: dict, run_dir: Path, epochs: int | None) -> TrainConfig:
     if not isinstance(recorded.get("train"), dict):
         raise CheckpointError(f"{run_dir}: config.json has no valid 'train' section")
-    config = TrainConfig.from_json(recorded["train"])
+    config = TrainConfig.from_json(recorded["train"])  # checked by read_run_config
     if epochs is not None:
         config = TrainConfig.from_json(config.to_json(), epochs=epochs)
     return config
@@ -59,7 +62,7 @@ def resume_run(
     run_dir = Path(run_dir)
     with runfolder.locked_run(run_dir):
         recorded = checkpoint.read_run_config(run_dir)
-        config = resume_config(run_dir, epochs)
+        config = recorded_recipe(recorded, run_dir, epochs)
         state = load_state_to_resume(run_dir)
         if config.epochs < state.epochs_done:
             raise ConfigError(
