@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, load_training_state
 from cnnlab.cli import main
+from cnnlab.errors import ConfigError
 from cnnlab.lock import LOCK_FILE, lock_run_folder
 from cnnlab.run import read_metrics
 from cnnlab.runfolder import STAGING_PREFIX
-from cnnlab.runtime import available_cpus
+from cnnlab.runtime import available_cpus, resume_settings
 from tests.conftest import one_error_line, write_fake_dataset
 
 SMALL = ["--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--quiet"]
@@ -190,3 +191,16 @@ def test_sigkill_during_an_overwrites_first_epoch_keeps_the_old_run(big_fake_roo
     assert (run / "notes.txt").read_text() == "mine"
     assert load_training_state(run).epochs_done == 2
     assert (run / CHECKPOINT_FILE).is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_resume_on_a_machine_without_the_runs_device_names_the_flag():
+    with pytest.raises(ConfigError, match="the run trained on cuda, which is not available here"):
+        resume_settings({"device": "cuda", "precision": "fp32", "threads": 1}, None, None, None)
+    assert resume_settings({"device": "cuda"}, "cpu", "fp32", 1) == ("cpu", "fp32", 1)
+
+
+def test_resume_settings_are_the_recorded_ones_unless_given():
+    recorded = {"device": "cpu", "precision": "fp32", "threads": 10**3}
+    assert resume_settings(recorded, None, None, None) == ("cpu", "fp32", available_cpus())
+    assert resume_settings(recorded, None, None, 1) == ("cpu", "fp32", 1)
