@@ -185,6 +185,7 @@ def test_sigkill_during_an_overwrites_first_epoch_keeps_the_old_run(big_fake_roo
     proc.wait()
     assert {k: v for k, v in snapshot(run).items() if k != LOCK_FILE} == before
     assert json.loads((run / CONFIG_FILE).read_text())["train"]["lr"] == 1e-3
+    assert list(run.rglob(CONFIG_FILE)) == [run / CONFIG_FILE], "no file describes the new model"
     argv = ["train", "--resume", str(run), "--epochs", "2", "--data-dir", str(big_fake_root)]
     assert main([*argv, "--quiet"]) == 0
     assert not any(p.name.startswith(".") for p in run.iterdir()), "leftovers were cleared"

@@ -154,9 +154,8 @@ def test_ctrl_c_during_a_save_takes_effect_after_the_epoch_is_saved(tmp_path):
     """The signal is sent from inside the save: the save finishes, then KeyboardInterrupt."""
     run = tmp_path / "run"
     run.mkdir()
-    stage = runfolder.Stage(run, run / f"{runfolder.STAGING_PREFIX}{os.getpid()}")
+    stage = runfolder.Stage(run, run / f"{runfolder.STAGING_PREFIX}{os.getpid()}", {})
     stage.staging.mkdir()
-    (stage.staging / CONFIG_FILE).write_text("{}")
 
     def save_files(folder: Path) -> None:
         (folder / CHECKPOINT_FILE).write_bytes(b"checkpoint")

@@ -41,7 +41,6 @@ from cnnlab.files import (
     parse_json,
     read_bounded,
     refuse_pickle,
-    write_json,
 )
 from cnnlab.models import ModelConfig, conv_layer_names, create_model
 from cnnlab.runtime import Runtime
@@ -133,9 +132,9 @@ def train_run(
     with torch.device("meta"):  # checks the model and sizes its files, allocating nothing
         probe = create_model(config.model_config())
     model_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
-    with runfolder.new_run(run_dir, overwrite, 4 * model_bytes + (1 << 20)) as stage:
+    recorded = run_config_json(config, runtime, data_root)
+    with runfolder.new_run(run_dir, recorded, overwrite, 4 * model_bytes + (1 << 20)) as stage:
         log(f"Run folder: {run_dir}")
-        write_json(stage.staging / CONFIG_FILE, run_config_json(config, runtime, data_root))
 
         def save(end: EpochEnd) -> None:
             stage.save(lambda folder: save_epoch(folder, end))

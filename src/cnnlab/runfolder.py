@@ -12,8 +12,7 @@ One process at a time holds a run folder (`cnnlab.lock`). The next process to ta
 clears what a killed one left: its staging folder (moved in if its swap had begun, else removed)
 and its temporary files.
 
-    >>> with new_run(Path("runs/demo"), overwrite=True) as stage:
-    ...     write_json(stage.staging / "config.json", ...)
+    >>> with new_run(Path("runs/demo"), config_json, overwrite=True) as stage:
     ...     fit(..., on_epoch=lambda end: stage.save(lambda folder: save_epoch(folder, end)))
 """
 
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.errors import CheckpointError, ConfigError, OutputError, shell_command
-from cnnlab.files import read_json
+from cnnlab.files import read_json, write_json
 from cnnlab.lock import LOCK_FILE, lock_run_folder
 
 EPOCH_FILES = (CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE, CONFIG_FILE)  # config.json last
@@ -97,10 +96,11 @@ class Stage:
     """A new run: saved in its staging folder until its first epoch is swapped in, then in the
     run folder itself."""
 
-    def __init__(self, run_dir: Path, staging: Path):
+    def __init__(self, run_dir: Path, staging: Path, config: dict):
         self.run_dir = run_dir
         self.staging = staging
-        self.swapped = False
+        self.config = config  # config.json, written with the first epoch: no file describes
+        self.swapped = False  # a model before it has an epoch
 
     def save(self, save_files: Callable[[Path], None]) -> None:
         """Save an epoch with `save_files(folder)`; the first one is then swapped in. Ctrl-C
@@ -109,14 +109,18 @@ class Stage:
             if self.swapped:
                 save_files(self.run_dir)
                 return
+            write_json(self.staging / CONFIG_FILE, self.config)
             save_files(self.staging)
             swap_in(self.staging, self.run_dir)
             self.swapped = True
 
 
 @contextlib.contextmanager
-def new_run(run_dir: Path, overwrite: bool = False, needed_bytes: int = 0) -> Iterator[Stage]:
-    """Lock `run_dir` (created if missing) and give a new run its staging folder; see above.
+def new_run(
+    run_dir: Path, config: dict, overwrite: bool = False, needed_bytes: int = 0
+) -> Iterator[Stage]:
+    """Lock `run_dir` (created if missing) and give a new run, described by `config` (its
+    config.json), its staging folder; see above.
 
     On leaving, a run that saved no epoch leaves no trace: its staging folder is removed, and so
     is `run_dir` if this call created it.
@@ -135,7 +139,7 @@ def new_run(run_dir: Path, overwrite: bool = False, needed_bytes: int = 0) -> It
                 check_writable(run_dir)
                 staging = run_dir / f"{STAGING_PREFIX}{os.getpid()}"
                 make_folder(staging)
-                stage = Stage(run_dir, staging)
+                stage = Stage(run_dir, staging, config)
                 yield stage
             finally:
                 if stage is not None and not stage.swapped:
