@@ -21,7 +21,7 @@ import httpx
 import torch
 
 from cnnlab.cli.common import print_table
-from cnnlab.run import load_run
+from cnnlab.runfiles import load_run
 from cnnlab.serve.bench import HEADER, encode_ms, measure, replica_throughput
 from cnnlab.serve.model_service import ModelService
 

@@ -13,7 +13,7 @@ from cnnlab.data.augment import augment_batch, get_augment_preset
 from cnnlab.data.loader import AUGMENT_STREAM, DeviceLoader
 from cnnlab.data.preprocess import to_model_input
 from cnnlab.data.splits import Split
-from cnnlab.run import read_metrics
+from cnnlab.runfiles import read_metrics
 from tests.conftest import strip_timing
 
 

@@ -21,12 +21,18 @@ import pytest
 import torch
 
 from cnnlab import checkpoint, files
-from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_training_state
+from cnnlab.checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    load_training_state,
+)
 from cnnlab.cli import main
 from cnnlab.errors import CheckpointError, OutputError
 from cnnlab.files import atomic_write_bytes, load_safetensors, save_safetensors
 from cnnlab.models import ModelConfig, create_model
-from cnnlab.run import METRICS_FILE, load_run
+from cnnlab.runfiles import load_run
 from tests.conftest import one_error_line, write_fake_dataset
 
 
@@ -374,7 +380,7 @@ TAMPERED = {
     truncated_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
     garbage_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
     empty_weights: (WEIGHTS_FILE, "not a valid safetensors file"),
-    no_weights: ("", f"no {WEIGHTS_FILE} (not a cnnlab run folder?)"),
+    no_weights: ("", f"no {WEIGHTS_FILE}, but {CHECKPOINT_FILE} holds the last saved epoch"),
 }
 
 

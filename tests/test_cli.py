@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cnnlab.bench import BenchReport, InferenceRate, LoopRuns
 from cnnlab.cli import main
 from cnnlab.cli.bench import print_report
-from cnnlab.run import read_metrics
+from cnnlab.runfiles import read_metrics
 from cnnlab.runtime import Runtime
 from tests.conftest import strip_timing
 

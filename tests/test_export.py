@@ -21,7 +21,7 @@ import torch
 from cnnlab import __version__, export
 from cnnlab.cli import main
 from cnnlab.errors import CheckpointError, ExportError
-from cnnlab.run import load_run
+from cnnlab.runfiles import load_run
 from tests.conftest import one_error_line, write_fake_dataset
 from tests.test_predict import digit_image, write_random_run
 

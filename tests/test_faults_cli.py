@@ -16,10 +16,9 @@ import torch
 
 import cnnlab.run
 import cnnlab.train
-from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.cli import main
 from cnnlab.files import load_safetensors
-from cnnlab.run import METRICS_FILE
 from tests.conftest import one_error_line
 
 SMALL = ["--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--quiet"]
@@ -354,6 +353,21 @@ def test_out_of_memory_in_epoch_two_keeps_epoch_one(fake_root, tmp_path, capsys,
     assert "at batch size 32; try a smaller --batch-size, such as 16" in line
     assert f"Epoch 1 is saved in {run}." in line
     assert [m["epoch"] for m in metrics(run)] == [1]
+
+
+def test_cpu_allocation_failure_suggests_a_smaller_batch(fake_root, tmp_path, capsys, monkeypatch):
+    """What PyTorch's CPU allocator raises when a batch does not fit (injected)."""
+
+    def step(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 40000000000000 bytes."
+        )
+
+    monkeypatch.setattr(cnnlab.train, "train_step", step)
+    assert train(fake_root, tmp_path / "run", "--batch-size", "60000") == 1
+    line = one_error_line(capsys)
+    assert "out of memory on cpu at batch size 60000; try a smaller --batch-size" in line
 
 
 def test_batch_size_one_out_of_memory_suggests_one(fake_root, tmp_path, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from cnnlab.data.sources import load_dataset
 from cnnlab.errors import ConfigError
 from cnnlab.models import ModelConfig, conv_layer_names, create_model, list_models
 from cnnlab.predict import EvalSettings, predict_logits
-from cnnlab.run import load_run
+from cnnlab.runfiles import load_run
 from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps
 from cnnlab.viz.tutorial import feature_maps_figure, sample_grid, stage_mosaic
 from tests.conftest import write_fake_dataset

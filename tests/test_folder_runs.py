@@ -17,9 +17,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import cnnlab.run
+from cnnlab.checkpoint import METRICS_FILE
 from cnnlab.cli import main
 from cnnlab.config import TrainConfig
-from cnnlab.run import METRICS_FILE, load_splits
+from cnnlab.run import load_splits
 from tests.conftest import one_error_line, strip_timing
 
 CLASSES = ("apple", "banana", "cherry")

@@ -36,7 +36,8 @@ from cnnlab.predict import (
     run_classifier,
     softmax,
 )
-from cnnlab.run import load_run, run_config_json
+from cnnlab.run import run_config_json
+from cnnlab.runfiles import load_run
 from cnnlab.runtime import Runtime
 from cnnlab.viz.predict import MAX_SHOWN, predictions_figure
 

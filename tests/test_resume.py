@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cnnlab.cli import main
-from cnnlab.run import read_metrics
+from cnnlab.runfiles import read_metrics
 from tests.conftest import strip_timing, write_fake_dataset
 
 

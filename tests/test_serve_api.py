@@ -28,7 +28,8 @@ from cnnlab.data.preprocess import to_model_input
 from cnnlab.files import write_json
 from cnnlab.images import open_image, prepare
 from cnnlab.models import create_model
-from cnnlab.run import load_run, run_config_json
+from cnnlab.run import run_config_json
+from cnnlab.runfiles import load_run
 from cnnlab.runtime import Runtime
 from cnnlab.serve.app import create_app
 from tests.conftest import one_error_line

@@ -158,7 +158,7 @@ def test_draw_a_seven_and_a_one(browser, server, artifacts):
 
 def test_upload_click_and_keyboard(browser, server, artifacts, tmp_path, run_dir):
     pictures, labels = digit_images(50, real=True)
-    from cnnlab.run import load_run
+    from cnnlab.runfiles import load_run
     from cnnlab.serve.model_service import ModelService
 
     service = ModelService(load_run(run_dir))

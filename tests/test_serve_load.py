@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.preprocess import to_model_input
 from cnnlab.images import open_image, prepare
-from cnnlab.run import load_run
+from cnnlab.runfiles import load_run
 from tests.serve_support import (
     digit_images,
     png_bytes,

@@ -13,7 +13,8 @@ from cnnlab.data.sources import load_dataset
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import ConfigError
 from cnnlab.predict import EvalSettings, predict_logits
-from cnnlab.run import load_run, load_splits, train_run
+from cnnlab.run import load_splits, train_run
+from cnnlab.runfiles import load_run
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import fit, lr_at
 from tests.conftest import strip_timing

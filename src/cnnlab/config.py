@@ -9,6 +9,7 @@ folders store it as the "train" section of config.json and rebuild it with `from
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from cnnlab.data import DatasetSpec, get_dataset
@@ -18,6 +19,15 @@ from cnnlab.models import ModelConfig, check_model_options
 from cnnlab.runtime import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MAX_SEED = 2**32 - 1
+INT_LIMITS = {  # inclusive ranges, shared by the command-line flags and config.json's "train"
+    "epochs": (1, 1_000_000),
+    "batch_size": (1, 1 << 20),
+    "seed": (0, MAX_SEED),
+    "val_size": (0, 1 << 30),
+    "train_subset": (1, 1 << 30),
+    "test_subset": (1, 1 << 30),
+}
 SCHEDULES = ("constant", "onecycle", "cosine")
 FITS = ("crop", "pad")
 AUGMENTS = ("none", "natural", "digits")  # cnnlab.data.augment's presets
@@ -62,16 +72,18 @@ class TrainConfig:
         check_model_options(self.model, self.model_options)
         check_dataset_name(self.dataset)
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
-            (self.train_subset is None or self.train_subset >= 1, "--train-subset must be >= 1"),
-            (self.test_subset is None or self.test_subset >= 1, "--test-subset must be >= 1"),
         ]
+        for name in FIELD_TYPES[float]:
+            value = getattr(self, name)
+            checks.append((math.isfinite(value), f"--{flag(name)} must be finite, got {value}"))
+        for name, (low, high) in INT_LIMITS.items():
+            value = getattr(self, name)
+            ok = value is None or low <= value <= high
+            checks.append((ok, out_of_range(name, value, low, high)))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -116,6 +128,16 @@ class TrainConfig:
             strict=self.strict,
             memory_budget_mb=self.memory_budget,
         )
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def out_of_range(name: str, value, low: int, high: int) -> str:
+    """The message for an integer setting outside `INT_LIMITS`, worded as the flag's."""
+    bound = f"at least {low}" if value is not None and value < low else f"at most {high:,}"
+    return f"--{flag(name)} must be {bound}, got {value}"
 
 
 FIELD_TYPES = {

@@ -43,3 +43,30 @@ class ExportError(CnnlabError):
 
 class EvaluationError(CnnlabError):
     """Predictions failed: the device ran out of memory even for one image at a time."""
+
+
+def shell_command(*words: object) -> str:
+    """A command for a message, each word quoted for a POSIX shell (`shlex.quote`); a word with
+    control characters (a newline in a folder name) as bash's $'...', so the command stays one
+    line and still runs when pasted."""
+    import shlex
+
+    return " ".join(
+        shlex.quote(word) if word.isprintable() else "$'" + "".join(map(escape, word)) + "'"
+        for word in map(str, words)
+    )
+
+
+def escape(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )

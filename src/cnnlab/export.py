@@ -32,7 +32,7 @@ from cnnlab.errors import CheckpointError, ConfigError, ExportError
 from cnnlab.files import atomic_write_bytes
 from cnnlab.images import STYLES
 from cnnlab.predict import Classifier, EvalSettings, Predictor, preprocessing_for
-from cnnlab.run import LoadedRun, run_dataset_name
+from cnnlab.runfiles import LoadedRun, run_dataset_name
 
 TOLERANCE = 1e-4  # largest allowed |logit difference| between onnxruntime and PyTorch
 CHECK_IMAGES = 1000

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +25,10 @@ from safetensors.torch import save as save_safetensors_bytes
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, OutputError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+MAX_JSON_BYTES = (
+    16 << 20
+)  # config.json and metrics.jsonl are kilobytes; a bigger one is not cnnlab's
+MAX_JSON_DEPTH = 32  # cnnlab writes at most 4 levels; deeper JSON is refused, never recursed into
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -57,16 +61,58 @@ def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from a file; every problem is one `CheckpointError` naming the file."""
-    raw = read_bytes(path, CheckpointError, what="a JSON file")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+def read_json(path: Path, error: type[CnnlabError] = CheckpointError) -> dict:
+    """A JSON object from a regular file of at most `MAX_JSON_BYTES`, nested at most
+    `MAX_JSON_DEPTH` deep; every problem is one `error` naming the file."""
+    data = parse_json(read_bounded(path, error, MAX_JSON_BYTES), path, error)
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return data
+
+
+def read_bounded(path: Path, error: type[CnnlabError], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; devices, FIFOs and folders are refused
+    before anything is read (`require_regular_file`)."""
+    require_regular_file(path, error, max_bytes)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)  # the file may have grown since it was checked
+    except OSError as err:
+        raise error(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(raw) > max_bytes:
+        raise error(f"{path}: more than the {max_bytes:,} bytes expected")
+    return raw
+
+
+def parse_json(raw: bytes | str, path: Path | str, error: type[CnnlabError] = CheckpointError):
+    """Decode JSON text; too deep, too long a number or not UTF-8 is one `error`, never a crash."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        data = json.loads(text)
+    except (
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+    ) as err:  # JSONDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise error(f"{path}: not valid JSON ({reason})") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise error(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return data
+
+
+def json_depth(value, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and objects nest in `value` (a scalar is 0); stops counting past `limit`."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        level = [
+            child
+            for item in level
+            if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        depth += 1
+    return depth - 1 if not level else depth
 
 
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
@@ -75,19 +121,35 @@ def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=meta))
 
 
-def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read tensors and cnnlab's JSON metadata; refuse anything that is not safetensors."""
+def load_safetensors(
+    path: Path,
+    check: Callable[[dict[str, tuple[str, tuple[int, ...]]], dict | None], None] | None = None,
+    max_bytes: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read tensors and cnnlab's JSON metadata; refuse anything that is not safetensors.
+
+    Only a regular file (of at most `max_bytes`) is opened. `check(header, metadata)` sees each
+    tensor's dtype (safetensors' name, e.g. "F32") and shape before any tensor is read, so a file
+    that declares tensors the caller does not expect is refused without loading them.
+    """
     path = Path(path)
     refuse_pickle(path)
-    require_regular_file(path, CheckpointError)
+    require_regular_file(path, CheckpointError, max_bytes)
     try:
         with safe_open(path, framework="pt") as f:
-            meta = (f.metadata() or {}).get("cnnlab")
+            raw_meta = (f.metadata() or {}).get("cnnlab")
+            meta = parse_json(raw_meta, path) if raw_meta else None
+            if check is not None:
+                header = {}
+                for key in f.keys():  # noqa: SIM118
+                    part = f.get_slice(key)
+                    header[key] = (part.get_dtype(), tuple(part.get_shape()))
+                check(header, meta)
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        return tensors, (json.loads(meta) if meta else None)
+        return tensors, meta
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror or err}") from None
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from None
 
 
@@ -150,6 +212,15 @@ def prepare_output_dir(
         for name in owned:
             (path / name).unlink(missing_ok=True)
     return path
+
+
+def expand_path(text: str | os.PathLike) -> Path:
+    """A path with `~` and `~user` expanded; an unknown user is a `ConfigError`, not a crash."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # Python cannot find that user's home folder
+        user = str(text).split("/", 1)[0]
+        raise ConfigError(f"{text}: no user {user[1:]!r} on this system to expand {user}") from None
 
 
 def refuse_pickle(path: Path) -> None:

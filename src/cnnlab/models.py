@@ -11,6 +11,7 @@ data. A model is described by a `ModelConfig` that run folders store as JSON and
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -90,8 +91,35 @@ def get_model_entry(name: str) -> ModelEntry:
         ) from None
 
 
+MAX_OPTION_INT = 1 << 16  # widths and hidden sizes; the parameter cap below bounds the rest
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights, far beyond any model here at any width
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_CHANNELS = 256
+MAX_CLASSES = 100_000
+
+
+OPTION_KINDS = {
+    int: f"an integer from 1 to {MAX_OPTION_INT}",
+    float: "a finite number",
+    bool: "true or false",
+    str: "a string",
+}
+
+
+def option_value_ok(kind: type, value) -> bool:
+    """A value of the option's type (its default's); JSON's true is not an integer here."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and 1 <= value <= MAX_OPTION_INT
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
 def check_model_options(name: str, options: dict) -> ModelEntry:
-    """The registry entry of `name`, after checking that it takes every one of `options`."""
+    """The registry entry of `name`, after checking that it takes every one of `options` and that
+    each value has the type of the option's default (integers 1..65536, finite numbers)."""
     entry = get_model_entry(name)
     unknown = set(options) - set(entry.options)
     if unknown:
@@ -99,11 +127,49 @@ def check_model_options(name: str, options: dict) -> ModelEntry:
         raise ConfigError(
             f"model {name!r} has no option {', '.join(sorted(unknown))}; its options: {valid}"
         )
+    for key, value in options.items():
+        kind = type(entry.options[key])
+        if not option_value_ok(kind, value):
+            raise ConfigError(
+                f"model {name!r} option {key} must be {OPTION_KINDS.get(kind, kind.__name__)}, "
+                f"got {value!r}"
+            )
+    return entry
+
+
+def check_model_config(config: ModelConfig) -> ModelEntry:
+    """Refuse a model that cannot be built: bad options, an input shape that is not three sizes
+    in range, a class count out of range, or more than `MAX_PARAMETERS` parameters (counted on
+    PyTorch's meta device, which allocates nothing)."""
+    entry = check_model_options(config.name, config.options)
+    shape = tuple(config.input_shape)
+    limits = (MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
+    if len(shape) != 3 or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= limit
+        for n, limit in zip(shape, limits)
+    ):
+        raise ConfigError(
+            f"input shape must be (C, H, W) with C 1..{MAX_INPUT_CHANNELS} and H, W "
+            f"1..{MAX_INPUT_SIDE}; got {shape}"
+        )
+    classes = config.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise ConfigError(
+            f"num_classes must be an integer from 1 to {MAX_CLASSES:,}, got {classes!r}"
+        )
+    with torch.device("meta"):
+        probe = entry.builder(shape, classes, **config.options)
+    parameters = count_parameters(probe, trainable_only=False)
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model {config.name!r} for input {'x'.join(map(str, shape))} would have "
+            f"{parameters:,} parameters, more than the {MAX_PARAMETERS:,} cnnlab builds"
+        )
     return entry
 
 
 def create_model(config: ModelConfig) -> nn.Module:
-    entry = check_model_options(config.name, config.options)
+    entry = check_model_config(config)
     return entry.builder(tuple(config.input_shape), config.num_classes, **config.options)
 
 

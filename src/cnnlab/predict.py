@@ -215,7 +215,7 @@ def preprocessing_for(run_config: dict) -> str:
 
 def run_classifier(path: Path, runtime: Runtime, batch_size: int = BATCH_SIZE) -> Classifier:
     """The model of a run folder, predicting as it evaluated itself (`run_eval_settings`)."""
-    from cnnlab.run import load_run  # here: run.py trains, and training evaluates through here
+    from cnnlab.runfiles import load_run  # here: runfiles loads models through checkpoint
 
     run = load_run(path, runtime.device)
     settings = run_eval_settings(run.config, runtime, run.normalization)

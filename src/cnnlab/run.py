@@ -19,23 +19,19 @@ A run folder holds:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cnnlab import __version__, checkpoint
-from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+from cnnlab import __version__, checkpoint, runfolder
 from cnnlab.config import TrainConfig
-from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.data import folder_splits as folders
+from cnnlab.data import get_dataset
 from cnnlab.data.identity import check_recorded, describe
-from cnnlab.data.preprocess import Normalization
-from cnnlab.data.registry import folder_spec_from_json, is_folder_dataset
+from cnnlab.data.registry import is_folder_dataset
 from cnnlab.data.sources import (
     PACKAGED_ROOT,
     DataLocation,
@@ -44,34 +40,16 @@ from cnnlab.data.sources import (
     read_dataset,
 )
 from cnnlab.data.splits import DataSplits, make_splits
-from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.files import (
-    PICKLE_SUFFIXES,
-    atomic_write_text,
-    load_safetensors,
-    prepare_output_dir,
-    read_json,
-    refuse_pickle,
-    write_json,
+from cnnlab.models import conv_layer_names, create_model
+from cnnlab.runfiles import (
+    VAL_SPLIT_SEED,
+    run_dataset_name,
+    write_metrics,
 )
-from cnnlab.models import ModelConfig, conv_layer_names
 from cnnlab.runtime import Runtime
 from cnnlab.train import EpochEnd, FitResult, fit
 from cnnlab.viz import save_figure
 from cnnlab.viz import training as viz
-
-METRICS_FILE = "metrics.jsonl"
-TRAINING_FILES = (
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    CHECKPOINT_FILE,
-    "loss.png",
-    "filters.png",
-    folders.ASSIGNMENT_FILE,
-    folders.SKIPPED_FILE,
-)
-VAL_SPLIT_SEED = 0  # the validation hold-out is the same for every training seed
 
 
 def default_run_dir(config: TrainConfig, root: Path = Path("runs")) -> Path:
@@ -222,79 +200,36 @@ def train_run(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    on_saved: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Train a new run into `run_dir` and write every run file."""
+    """Train a new run into `run_dir` and write every run file.
+
+    Everything that can be checked is checked before the folder is touched: the data, the
+    model's size, the folder, the free space. The run trains in a staging folder and replaces
+    the folder's previous run only once its first epoch is saved (`cnnlab.runfolder`).
+    `on_saved(n)` is called each time this run's epoch `n` is saved in `run_dir`.
+    """
+    run_dir = Path(run_dir)
     location = as_location(data)
     splits = load_splits(config, location, log=log, progress=progress)
-    prepare_run_dir(run_dir, overwrite)
-    log(f"Run folder: {run_dir}")
-    if splits.folder is not None:
-        folders.write_folder_files(run_dir, splits, log)
-    else:
-        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
-    write_json(run_dir / CONFIG_FILE, run_config_json(config, runtime, location, splits))
-    result = fit(config, splits, runtime, on_epoch=saver(run_dir), log=log, progress=progress)
-    write_run_figures(run_dir, result)
-    return result
+    with torch.device("meta"):  # checks the model and sizes its files, allocating nothing
+        probe = create_model(config.model_config(splits.spec))
+    model_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    recorded = run_config_json(config, runtime, location, splits)
+    with runfolder.new_run(run_dir, recorded, overwrite, 4 * model_bytes + (1 << 20)) as stage:
+        log(f"Run folder: {run_dir}")
+        if splits.folder is not None:  # splits.json and skipped.txt, swapped in with the run
+            folders.write_folder_files(stage.staging, splits, log, run_dir)
+        else:
+            log(f"Data: {location.describe()}, {describe(list(splits.files))}")
 
+        def save(end: EpochEnd) -> None:
+            stage.save(lambda folder: save_epoch(folder, end))
+            if on_saved is not None:
+                on_saved(len(end.metrics))
 
-def resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
-    """The recorded recipe of `run_dir`, with the epoch count extended to `epochs` if given."""
-    recorded = read_json(Path(run_dir) / CONFIG_FILE)
-    try:
-        config = TrainConfig.from_json(recorded["train"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise CheckpointError(
-            f"{run_dir}: config.json has no valid 'train' section ({err})"
-        ) from None
-    if epochs is not None:
-        config = TrainConfig.from_json(config.to_json(), epochs=epochs)
-    return config
-
-
-def resume_run(
-    run_dir: Path,
-    runtime: Runtime,
-    data: DataLocation | Path | None = None,
-    epochs: int | None = None,
-    log: Callable[[str], None] = print,
-    progress: bool = False,
-) -> FitResult:
-    """Continue `run_dir` from its last completed epoch (to `epochs` in all, if given), on the
-    data it was trained with (`data`, else the recorded root; the files' fingerprint is checked)."""
-    run_dir = Path(run_dir)
-    config = resume_config(run_dir, epochs)
-    state = checkpoint.load_training_state(run_dir)
-    if config.epochs < state.epochs_done:
-        raise ConfigError(
-            f"--epochs {config.epochs} is fewer than the {state.epochs_done} epochs already done"
-        )
-    if config.epochs == state.epochs_done:
-        raise ConfigError(
-            f"{run_dir} already finished its {state.epochs_done} epochs; pass --epochs N "
-            f"(more than {state.epochs_done}) to train it further"
-        )
-    recorded = read_json(run_dir / CONFIG_FILE)
-    location = as_location(data) if data is not None else run_data_location(recorded, log=log)
-    splits = load_splits(config, location, recorded.get("data"), log, progress)
-    if splits.folder is not None:
-        folders.check_assignment(run_dir, splits)
-    log(f"Run folder: {run_dir}")
-    if splits.folder is None:
-        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
-    log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
-    recorded["train"] = config.to_json()
-    write_json(run_dir / CONFIG_FILE, recorded)
-    result = fit(
-        config,
-        splits,
-        runtime,
-        resume=state,
-        on_epoch=saver(run_dir),
-        log=log,
-        progress=progress,
-    )
-    write_run_figures(run_dir, result)
+        result = fit(config, splits, runtime, on_epoch=save, log=log, progress=progress)
+        write_run_figures(run_dir, result)
     return result
 
 
@@ -306,135 +241,6 @@ def write_run_figures(run_dir: Path, result: FitResult) -> None:
         save_figure(
             viz.filter_grid(weight, f"Learned filters, {convs[0]}"), run_dir / "filters.png"
         )
-
-
-def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    """Rewrite metrics.jsonl from the list (atomic; each epoch appears exactly once)."""
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON lines ({err})") from None
-
-
-def prepare_run_dir(path: Path, overwrite: bool = False) -> Path:
-    """Create (or, with `overwrite`, reuse) a run folder and check that it can be written.
-
-    An existing non-empty folder is refused unless `overwrite`; then only cnnlab's own training
-    files are replaced, never the user's other files.
-    """
-    refusal = (
-        f"run folder {path} already exists and is not empty; pass --overwrite to replace its "
-        f"training files, or --resume {path} to continue it"
-    )
-    return prepare_output_dir(path, TRAINING_FILES, overwrite, refusal)
-
-
-@dataclass
-class LoadedRun:
-    run_dir: Path
-    config: dict  # the whole config.json
-    model_config: ModelConfig
-    model: torch.nn.Module
-
-    @property
-    def dataset(self) -> DatasetSpec:
-        """The run's dataset (checked on loading; a folder's is read from config.json alone)."""
-        return run_dataset(self.config)
-
-    @property
-    def train_config(self) -> dict:
-        return self.config.get("train") or {}
-
-    @property
-    def normalization(self) -> Normalization:
-        """How the run scaled its inputs; every prediction must scale the same way."""
-        return Normalization.from_json(self.config.get("normalization"))
-
-
-def find_run(path: Path) -> tuple[Path, Path]:
-    """A run folder or a `.safetensors` file inside one -> (run folder, weights file)."""
-    path = Path(path)
-    if path.is_file() or (path.suffix and not path.is_dir()):  # a folder may have a dot in its name
-        refuse_pickle(path)
-        if not path.exists():
-            raise CheckpointError(f"{path}: not found")
-        if path.suffix != ".safetensors":
-            raise CheckpointError(f"{path}: expected a run folder or a .safetensors file")
-        return path.parent, path
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such run folder")
-    weights = path / WEIGHTS_FILE
-    if not weights.exists():
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-        if pickles:
-            refuse_pickle(path / pickles[0])
-        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} (not a cnnlab run folder?)")
-    return path, weights
-
-
-def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a trained model from a run folder (or a weights file inside one), in eval mode.
-
-    Predict through `cnnlab.predict.Predictor` with the run's memory layout (as `evaluate_run`
-    does) and the predictions are bit-identical to the trained model's.
-    """
-    run_dir, weights_path = find_run(path)
-    config = read_json(run_dir / CONFIG_FILE)
-    check_run_config(config, run_dir / CONFIG_FILE)
-    model_config, model = checkpoint.model_from_config(config, run_dir / CONFIG_FILE)
-    tensors, _ = load_safetensors(weights_path)
-    if weights_path.name == CHECKPOINT_FILE:
-        tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    checkpoint.load_weights(model, tensors, weights_path)
-    model.to(device).eval()
-    return LoadedRun(run_dir, config, model_config, model)
-
-
-def run_dataset_name(config: dict, config_path: Path | str = CONFIG_FILE) -> str:
-    """The dataset a run config names; a config that names none is refused, never guessed."""
-    name = config.get("dataset", {}).get("name") or config.get("train", {}).get("dataset")
-    if not isinstance(name, str):
-        raise CheckpointError(f"{config_path}: no dataset recorded (expected dataset.name)")
-    return name
-
-
-def run_dataset(config: dict, config_path: Path | str = CONFIG_FILE) -> DatasetSpec:
-    """A built-in dataset by name; a folder's from its recorded "dataset" and "train" settings."""
-    name = run_dataset_name(config, config_path)
-    if not is_folder_dataset(name):
-        return get_dataset(name)
-    try:
-        train = TrainConfig.from_json(config.get("train") or {})
-        options = train.folder_options(config.get("val_split_seed", VAL_SPLIT_SEED))
-        return folder_spec_from_json(config["dataset"], options)
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
-        raise CheckpointError(f"{config_path}: no valid folder dataset recorded ({err})") from None
-
-
-def check_run_config(config: dict, config_path: Path) -> None:
-    """The sections commands read beside "model" must have the shapes cnnlab writes."""
-    for section in ("dataset", "train", "normalization", "runtime"):
-        if not isinstance(config.get(section, {}), dict):
-            raise CheckpointError(f"{config_path}: '{section}' must be a JSON object")
-    norm = config.get("normalization", {})
-    for key in ("mean", "std"):
-        value = norm.get(key)
-        values = value if isinstance(value, list) and value else [value]
-        if value is not None and not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-        ):
-            raise CheckpointError(f"{config_path}: normalization {key} must be numbers or null")
-    try:
-        run_dataset(config, config_path)
-    except ConfigError as err:
-        raise CheckpointError(f"{config_path}: {err}") from None
 
 
 def save_epoch(run_dir: Path, end: EpochEnd) -> None:

@@ -129,8 +129,68 @@ def configure_process(threads: int | None = None) -> None:
 
 
 def check_threads(threads: int) -> None:
+    """1 to the number of CPUs this process may use: more threads than CPUs only slow it down."""
     if threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    cpus = available_cpus()
+    if threads > cpus:
+        raise ConfigError(
+            f"--threads {threads} is more than the {cpus} CPUs available here; use at most {cpus}"
+        )
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return os.cpu_count() or 1
+
+
+def resume_settings(
+    recorded: dict, device: str | None, precision: str | None, threads: int | None
+) -> tuple[str, str, int]:
+    """(device, precision, threads) for resuming a run whose config.json records `recorded` as
+    its "runtime": what the run used, unless given. A recorded device or precision that this
+    machine lacks is an error that says which flag chooses another."""
+    recorded_device = str(recorded.get("device", "auto")).split(":")[0]
+    if device is None:
+        device = recorded_device if recorded_device in DEVICES else "auto"
+        try:
+            resolve_device(device)
+        except ConfigError:
+            raise ConfigError(
+                f"the run trained on {device}, which is not available here; pass --device cpu "
+                f"(or another) to continue it here (the result will not be bit-identical)"
+            ) from None
+    if precision is None:
+        precision = recorded.get("precision", "auto")
+        if precision == "bf16" and not bf16_supported(resolve_device(device)):
+            raise ConfigError(
+                f"the run trained in bf16, which {device} here does not support; pass "
+                f"--precision fp32 to continue it in fp32 (the result will not be bit-identical)"
+            )
+    if threads is None:
+        threads = min(int(recorded.get("threads", torch.get_num_threads())), available_cpus())
+    return device, precision, threads
+
+
+def runtime_differences(recorded_config: dict, runtime: Runtime) -> list[str]:
+    """What differs between the runtime a run recorded and `runtime`, in words: each one can
+    change the numbers of the epochs still to train."""
+    recorded = recorded_config.get("runtime", {})
+    now = runtime.to_json()
+    labels = dict(
+        device="device", device_name="processor", precision="precision", threads="threads"
+    )
+    differences = [
+        f"{label} {recorded[key]} then, {now[key]} now"
+        for key, label in labels.items()
+        if key in recorded and str(recorded[key]) != str(now[key])
+    ]
+    version = recorded_config.get("versions", {}).get("torch")
+    if version is not None and version != torch.__version__:
+        differences.append(f"torch {version} then, {torch.__version__} now")
+    return differences
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):

@@ -157,12 +157,13 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
 
 @contextmanager
 def out_of_memory_hint(device: torch.device, batch_size: int):
-    """Turn an out-of-memory error of training (any device) into one line that suggests a
-    smaller training batch. Evaluation halves its own batch instead (`cnnlab.predict`)."""
+    """Turn an out-of-memory error of training (the accelerator's, or a CPU allocation that
+    failed) into one line that suggests a smaller training batch. Evaluation halves its own
+    batch instead (`cnnlab.predict`)."""
     try:
         yield
-    except RuntimeError as err:
-        if not is_out_of_memory(err):
+    except (MemoryError, RuntimeError) as err:
+        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
             raise
         raise TrainingError(
             f"out of memory on {device} at batch size {batch_size}; "

@@ -13,11 +13,14 @@ Errors a user can cause end here as one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 
 from cnnlab import __version__
 from cnnlab.cli import bench, catalog, compare, figures, predict, runs, serve, teach, training
+from cnnlab.cli.common import Terminated
 from cnnlab.errors import CnnlabError
 
 COMMAND_MODULES = (training, runs, predict, figures, compare, teach, serve, bench, catalog)
@@ -39,15 +42,56 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args) or 0
-    except CnnlabError as err:
-        print(f"cnnlab: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `cnnlab eval RUN | head`: the reader left; nothing to say
+    with sigterm_as_interrupt():
+        try:
+            code = args.handler(args) or 0
+            sys.stdout.flush()  # a full device (> /dev/full) fails here, not at exit
+            return code
+        except CnnlabError as err:
+            print(f"cnnlab: error: {err}", file=sys.stderr)
+            return 1
+        except Terminated:
+            print("cnnlab: terminated", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("cnnlab: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # e.g. `cnnlab eval RUN | head`: the reader left; nothing to say
+            silence_stdout()
+            return 141
+        except OSError as err:  # what no typed error caught: still one line, never a traceback
+            if err.filename is None:  # writing the output itself failed
+                silence_stdout()
+                print(
+                    f"cnnlab: error: cannot write the output: {err.strerror or err}",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"cnnlab: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+            return 1
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's last flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
-        return 141
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt), so training
+    keeps its last epoch and says how to resume, as for Ctrl-C; exit status 143."""
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

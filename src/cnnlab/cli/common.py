@@ -1,40 +1,84 @@
-"""What the subcommands share: argument types, common options, plain tables, figure paths."""
+"""Argument types and options shared by several subcommands.
+
+Every integer flag has a range (`int_in`; at most `MAX_INT` where no tighter one applies), and
+every path flag is checked as a path (`path_arg`), so a value the parser accepts is one the
+command can use.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from pathlib import Path
 
+from cnnlab.config import INT_LIMITS, MAX_SEED
 from cnnlab.errors import ConfigError
+from cnnlab.files import expand_path
 from cnnlab.runtime import DEVICES, PRECISIONS
 from cnnlab.viz import save_figure
 
-
-def positive_int(text: str) -> int:
-    value = int_arg(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+MAX_INT = 2**31 - 1  # no count or size cnnlab takes comes near this; bigger ones overflow C ints
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
-def non_negative_int(text: str) -> int:
-    value = int_arg(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, a job scheduler), raised where the program is, like Ctrl-C."""
 
 
-def int_arg(text: str) -> int:
+def int_in(low: int, high: int = MAX_INT):
+    """An argparse type: an integer from `low` to `high` (ASCII digits; `1e3` is not one)."""
+
+    def parse(text: str) -> int:
+        shown = text if len(text) <= 30 else text[:27] + "..."
+        try:
+            if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+                raise ValueError
+            value = int(text)
+        except ValueError:  # also a number of more than Python's 4,300 digits
+            raise argparse.ArgumentTypeError(f"not an integer: {shown!r}") from None
+        if value < low:
+            bound = "a positive integer" if low == 1 else "0 or more" if low == 0 else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {shown}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown}")
+        return value
+
+    return parse
+
+
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+seed_int = int_in(0, MAX_SEED)
+
+
+def setting_int(name: str):
+    """The argparse type of a `TrainConfig` integer: the same range config.json is held to."""
+    return int_in(*INT_LIMITS[name])
+
+
+def path_arg(text: str) -> Path:
+    """An argparse type for paths: `~` and `~user` expanded, no component longer than a file
+    system allows, not empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        path = expand_path(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise argparse.ArgumentTypeError(
+                f"a path component is {len(os.fsencode(part))} bytes long; file systems allow "
+                f"at most {NAME_MAX} ({part[:40]}...)"
+            )
+    return path
 
 
 def add_data_dir(parser: argparse.ArgumentParser, **kwargs) -> None:
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         **kwargs,
         help="dataset root (default: $CNNLAB_DATA, else ~/.cache/cnnlab); missing files are "
@@ -59,13 +103,15 @@ def add_device(parser: argparse.ArgumentParser, precision: bool = False, **kwarg
 
 
 def add_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", type=Path, help="a run folder, or a .safetensors file inside one")
+    parser.add_argument(
+        "run", type=path_arg, help="a run folder, or a .safetensors file inside one"
+    )
 
 
 def add_subset_flags(parser: argparse.ArgumentParser, **kwargs) -> None:
     parser.add_argument(
         "--train-subset",
-        type=positive_int,
+        type=setting_int("train_subset"),
         **kwargs,
         help="train on the first N images (default: all)",
     )
@@ -76,7 +122,7 @@ def add_test_subset(parser: argparse.ArgumentParser, default: str, **kwargs) -> 
     """--test-subset N; `default` says what is evaluated without it."""
     parser.add_argument(
         "--test-subset",
-        type=positive_int,
+        type=setting_int("test_subset"),
         **kwargs,
         help=f"evaluate on the first N test images (default: {default})",
     )
@@ -85,7 +131,7 @@ def add_test_subset(parser: argparse.ArgumentParser, default: str, **kwargs) -> 
 def add_figure_out(parser: argparse.ArgumentParser, default_name: str) -> None:
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help=f"PNG to write (default: {default_name} in the run folder, or in the current folder "
         "when there is no run)",

@@ -8,20 +8,22 @@ The library side (training, summaries, results.json, the plot) is `cnnlab.teach.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cnnlab.cli.common import (
     add_data_dir,
     add_device,
     add_subset_flags,
-    non_negative_int,
-    positive_int,
+    int_in,
+    path_arg,
     print_table,
     runtime_for,
+    seed_int,
+    setting_int,
 )
-from cnnlab.config import TrainConfig
+from cnnlab.config import MAX_SEED, TrainConfig
 from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.sources import locate_data
+from cnnlab.errors import ConfigError
 from cnnlab.run import load_splits
 from cnnlab.teach import compare
 
@@ -37,16 +39,18 @@ def register(subparsers) -> None:
         "MLP). Prints parameters, test accuracy and training time (mean ± std over seeds) and "
         "writes compare.png and results.json into the output folder.",
     )
-    p.add_argument("--epochs", type=positive_int, default=D.epochs, help=f"(default: {D.epochs})")
+    p.add_argument(
+        "--epochs", type=setting_int("epochs"), default=D.epochs, help=f"(default: {D.epochs})"
+    )
     p.add_argument(
         "--seeds",
-        type=positive_int,
+        type=int_in(1, 1000),
         default=1,
         help="train each model with this many seeds and report mean ± std (default: 1)",
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_int,
         default=D.seed,
         help=f"the first seed; --seeds N uses SEED..SEED+N-1 (default: {D.seed})",
     )
@@ -57,13 +61,16 @@ def register(subparsers) -> None:
     )
     add_subset_flags(p)
     p.add_argument(
-        "--batch-size", type=positive_int, default=D.batch_size, help=f"(default: {D.batch_size})"
+        "--batch-size",
+        type=setting_int("batch_size"),
+        default=D.batch_size,
+        help=f"(default: {D.batch_size})",
     )
     p.add_argument("--lr", type=float, default=D.lr, help=f"Adam learning rate (default: {D.lr:g})")
     add_device(p, precision=True)
     p.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="folder for compare.png and results.json (default: runs/compare-<date-time>)",
     )
@@ -91,6 +98,10 @@ def run_compare(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
+    if args.seed + args.seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"--seed {args.seed} with --seeds {args.seeds} goes past the largest seed, {MAX_SEED}"
+        )
     runtime = runtime_for(recipe.device, recipe.precision)
     out_dir = compare.prepare_compare_dir(args.out or compare.default_compare_dir(), args.overwrite)
     spec = get_dataset(recipe.dataset)

@@ -20,11 +20,12 @@ from cnnlab.cli.common import (
     add_figure_out,
     add_run,
     add_test_subset,
+    int_in,
     non_negative_int,
-    positive_int,
     print_table,
     runtime_for,
     save_figure_to,
+    seed_int,
 )
 from cnnlab.data import DatasetSpec, get_dataset, list_datasets
 from cnnlab.data.folder_splits import folder_splits
@@ -34,11 +35,13 @@ from cnnlab.data.sources import load_dataset, locate_data
 from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run
-from cnnlab.run import load_run, run_data_location, run_splits
+from cnnlab.run import run_data_location, run_splits
+from cnnlab.runfiles import load_run
 from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
 from cnnlab.viz.tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
+MAX_GRID = 256  # images in one figure: more would be too small to see and slow to draw
 
 
 def register(subparsers) -> None:
@@ -71,11 +74,14 @@ def register(subparsers) -> None:
     )
     add_split(p, default="train")
     p.add_argument(
-        "--count", type=positive_int, default=32, help="how many images to draw (default: 32)"
+        "--count",
+        type=int_in(1, MAX_GRID),
+        default=32,
+        help=f"how many images to draw, 1-{MAX_GRID} (default: 32)",
     )
     p.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed_int,
         help="draw a random selection with this seed (default: the first COUNT images)",
     )
     add_data_dir(p)
@@ -90,7 +96,10 @@ def register(subparsers) -> None:
     )
     add_run(p)
     p.add_argument(
-        "--count", type=positive_int, default=32, help="at most this many images (default: 32)"
+        "--count",
+        type=int_in(1, MAX_GRID),
+        default=32,
+        help=f"at most this many images, 1-{MAX_GRID} (default: 32)",
     )
     p.add_argument(
         "--order",

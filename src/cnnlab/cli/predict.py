@@ -16,10 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cnnlab.bundled import bundled_run_dir
-from cnnlab.cli.common import add_device, positive_int
+from cnnlab.cli.common import add_device, path_arg, positive_int
 from cnnlab.errors import ConfigError, OutputError
 from cnnlab.predict import BATCH_SIZE, Failure, collect_files, predict_files, run_classifier
-from cnnlab.run import load_run, run_data_location
+from cnnlab.run import run_data_location
+from cnnlab.runfiles import load_run
 from cnnlab.runtime import resolve_runtime
 
 
@@ -35,12 +36,12 @@ def register(subparsers) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--run",
-        type=Path,
+        type=path_arg,
         help="a run folder or its model.safetensors (default: the bundled model)",
     )
     source.add_argument(
         "--onnx",
-        type=Path,
+        type=path_arg,
         metavar="FILE.onnx",
         help="a file from `cnnlab export`, run with onnxruntime (no run folder needed)",
     )
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument(
         "--show",
-        type=Path,
+        type=path_arg,
         metavar="OUT.png",
         help="draw each image, the model's input and the probabilities (first 16 images)",
     )
@@ -66,19 +67,19 @@ def register(subparsers) -> None:
         "onnxruntime must reproduce PyTorch's logits on 1,000 test images (random ones when "
         "the dataset is not present) within 1e-4, with the same class everywhere.",
     )
-    p.add_argument("run", type=Path, nargs="?", help="a run folder or its model.safetensors")
+    p.add_argument("run", type=path_arg, nargs="?", help="a run folder or its model.safetensors")
     p.add_argument("--bundled", action="store_true", help="export the bundled model instead")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
     p.add_argument(
         "--out",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="file to write (default: model.onnx in the run folder; for --bundled, "
         "mnist-cnn.onnx in the current folder)",
     )
     p.add_argument(
         "--data-dir",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="dataset root holding the test images for the check (default: $CNNLAB_DATA, "
         "else ~/.cache/cnnlab); nothing is downloaded",

@@ -18,7 +18,8 @@ from cnnlab.cli.common import (
 from cnnlab.errors import ConfigError
 from cnnlab.metrics import evaluate_run, most_confused
 from cnnlab.models import conv_layer_names
-from cnnlab.run import load_run, run_data_location, run_splits
+from cnnlab.run import run_data_location, run_splits
+from cnnlab.runfiles import load_run
 from cnnlab.viz import training as viz
 
 

@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 import webbrowser
-from pathlib import Path
 
+from cnnlab.cli.common import int_in, path_arg
 from cnnlab.errors import ConfigError
 
 SERVE_MODULES = ("fastapi", "uvicorn", "starlette", "pydantic")
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--run",
-        type=Path,
+        type=path_arg,
         help="a run folder, or a .safetensors file inside one "
         "(default: the model that ships with cnnlab)",
     )
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
         help="address to listen on (default: 127.0.0.1, reachable from this machine only; "
         "0.0.0.0 opens it to the network)",
     )
-    p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int_in(0, 65535), default=8000, help="port (default: 8000)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument(
         "--max-upload-mb",
@@ -53,23 +53,13 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run_serve)
 
 
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {value}")
-    return value
-
-
 def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text}")
     return value
 
 

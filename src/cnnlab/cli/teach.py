@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import non_negative_int, positive_int, print_table
-from cnnlab.models import ModelConfig, create_model, list_models
+from cnnlab.cli.common import int_in, positive_int, print_table, seed_int
+from cnnlab.errors import ConfigError
+from cnnlab.models import MAX_CLASSES, ModelConfig, create_model, list_models
 from cnnlab.teach import explain
 from cnnlab.teach.params import (
     RESOLUTIONS,
@@ -22,6 +23,11 @@ from cnnlab.teach.params import (
 )
 from cnnlab.teach.shapes import ShapesReport, work_out_shapes
 from cnnlab.teach.summary import ModelSummary, format_shape, human_bytes, parse_shape, summarize
+
+EXAMPLE_SIDE = int_in(1, 16)  # a worked example is read line by line: a few hundred at most
+EXAMPLE_KERNEL = int_in(1, 7)
+EXAMPLE_PADDING = int_in(0, 3)
+SUMMARY_VALUES = 1 << 24  # summary runs a real forward pass: batch x C x H x W input values
 
 
 def register(subparsers) -> None:
@@ -44,9 +50,14 @@ def register_summary(subparsers) -> None:
     p.add_argument(
         "--input", default="1x28x28", metavar="CxHxW", help="input shape (default: 1x28x28)"
     )
-    p.add_argument("--classes", type=positive_int, default=10, help="output classes (default: 10)")
     p.add_argument(
-        "--batch-size", type=positive_int, default=1, help="batch of the forward pass (default: 1)"
+        "--classes", type=int_in(1, MAX_CLASSES), default=10, help="output classes (default: 10)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int_in(1, 4096),
+        default=1,
+        help="batch of the forward pass (default: 1)",
     )
     p.set_defaults(handler=run_summary)
 
@@ -113,17 +124,14 @@ def register_shapes(subparsers) -> None:
         description="Output size of a convolution (and optionally a max pool after it), with "
         "PyTorch's answer alongside.",
     )
-    p.add_argument("--size", type=positive_int, default=28, help="input side (default: 28)")
-    p.add_argument("--kernel", type=positive_int, default=3, help="kernel size (default: 3)")
-    p.add_argument("--padding", type=non_negative_int, default=0, help="(default: 0)")
-    p.add_argument("--stride", type=positive_int, default=1, help="(default: 1)")
-    p.add_argument("--dilation", type=positive_int, default=1, help="(default: 1)")
-    p.add_argument(
-        "--pool", type=positive_int, help="then a max pool with this window (default: none)"
-    )
-    p.add_argument(
-        "--pool-stride", type=positive_int, help="stride of the pool (default: its window)"
-    )
+    side = int_in(1, 1 << 20)  # shapes only: any size an image could have
+    p.add_argument("--size", type=side, default=28, help="input side (default: 28)")
+    p.add_argument("--kernel", type=side, default=3, help="kernel size (default: 3)")
+    p.add_argument("--padding", type=int_in(0, 1 << 20), default=0, help="(default: 0)")
+    p.add_argument("--stride", type=side, default=1, help="(default: 1)")
+    p.add_argument("--dilation", type=side, default=1, help="(default: 1)")
+    p.add_argument("--pool", type=side, help="then a max pool with this window (default: none)")
+    p.add_argument("--pool-stride", type=side, help="stride of the pool (default: its window)")
     p.set_defaults(handler=run_shapes)
 
 
@@ -136,22 +144,22 @@ def register_explain(subparsers) -> None:
     )
     topics = p.add_subparsers(dest="topic", required=True)
     t = topics.add_parser("conv", help="each output value as the tutorial's sum")
-    t.add_argument("--size", type=positive_int, default=5, help="input side (default: 5)")
-    t.add_argument("--kernel", type=positive_int, default=3, help="filter side (default: 3)")
-    t.add_argument("--padding", type=non_negative_int, default=0, help="(default: 0)")
-    t.add_argument("--stride", type=positive_int, default=1, help="(default: 1)")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="(default: 0)")
+    t.add_argument("--size", type=EXAMPLE_SIDE, default=5, help="input side, 1-16 (default: 5)")
+    t.add_argument("--kernel", type=EXAMPLE_KERNEL, default=3, help="filter side, 1-7 (default: 3)")
+    t.add_argument("--padding", type=EXAMPLE_PADDING, default=0, help="0-3 (default: 0)")
+    t.add_argument("--stride", type=EXAMPLE_SIDE, default=1, help="1-16 (default: 1)")
+    t.add_argument("--seed", type=seed_int, default=0, help="(default: 0)")
     t.set_defaults(handler=run_explain)
     t = topics.add_parser("pool", help="the max-pool windows")
-    t.add_argument("--size", type=positive_int, default=4, help="input side (default: 4)")
-    t.add_argument("--kernel", type=positive_int, default=2, help="window side (default: 2)")
-    t.add_argument("--stride", type=positive_int, help="(default: the window side)")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="(default: 0)")
+    t.add_argument("--size", type=EXAMPLE_SIDE, default=4, help="input side, 1-16 (default: 4)")
+    t.add_argument("--kernel", type=EXAMPLE_KERNEL, default=2, help="window side, 1-7 (default: 2)")
+    t.add_argument("--stride", type=EXAMPLE_SIDE, help="1-16 (default: the window side)")
+    t.add_argument("--seed", type=seed_int, default=0, help="(default: 0)")
     t.set_defaults(handler=run_explain)
     t = topics.add_parser("batchnorm", help="training mode against evaluation mode")
-    t.add_argument("--batch-size", type=positive_int, default=4, help="(default: 4)")
-    t.add_argument("--channels", type=positive_int, default=2, help="(default: 2)")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="(default: 0)")
+    t.add_argument("--batch-size", type=EXAMPLE_SIDE, default=4, help="1-16 (default: 4)")
+    t.add_argument("--channels", type=int_in(1, 8), default=2, help="1-8 (default: 2)")
+    t.add_argument("--seed", type=seed_int, default=0, help="(default: 0)")
     t.set_defaults(handler=run_explain)
 
 
@@ -166,6 +174,12 @@ class _AppendLayer(argparse.Action):
 
 def run_summary(args: argparse.Namespace) -> int:
     input_shape = parse_shape(args.input)
+    values = args.batch_size * input_shape[0] * input_shape[1] * input_shape[2]
+    if values > SUMMARY_VALUES:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} x --input {format_shape(input_shape)} is {values:,} "
+            f"input values; summary runs a real forward pass, so at most {SUMMARY_VALUES:,}"
+        )
     model = create_model(ModelConfig(args.model, input_shape, args.classes))
     report = summarize(model, input_shape, args.batch_size)
     print(

@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shlex
 import sys
 from pathlib import Path
 
-from cnnlab import files, run
-from cnnlab.checkpoint import CONFIG_FILE
+from cnnlab import checkpoint, files, runfiles, runfolder
 from cnnlab.cli.common import (
+    Terminated,
     add_data_dir,
     add_device,
     add_subset_flags,
-    non_negative_int,
+    int_in,
+    path_arg,
     positive_int,
     runtime_for,
+    seed_int,
+    setting_int,
 )
 from cnnlab.config import AUGMENTS, FITS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
 from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.registry import FOLDER_PREFIX, folder_path, is_folder_dataset
 from cnnlab.data.sources import DataLocation, locate_data
-from cnnlab.errors import ConfigError, EvaluationError, TrainingError
-from cnnlab.models import list_models
-from cnnlab.run import default_run_dir, resume_config, resume_run, run_data_location, train_run
+from cnnlab.errors import (
+    CheckpointError,
+    ConfigError,
+    EvaluationError,
+    OutputError,
+    TrainingError,
+    shell_command,
+)
+from cnnlab.files import expand_path
+from cnnlab.models import MAX_OPTION_INT, list_models
+from cnnlab.resume import resume_config, resume_run
+from cnnlab.run import default_run_dir, train_run
+from cnnlab.runtime import resume_settings
 
 D = TrainConfig()  # the defaults the help texts state
-RESUMABLE = {"epochs", "device", "data_dir", "quiet", "threads"}
+RESUMABLE = {"epochs", "device", "precision", "data_dir", "quiet", "threads"}
 
 
 def register(subparsers) -> None:
@@ -40,25 +53,29 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", help=f"one of {', '.join(list_models())} (default: {D.model})")
     p.add_argument(
-        "--hidden", type=positive_int, help="hidden width of the mlp model (default: 128)"
+        "--hidden",
+        type=int_in(1, MAX_OPTION_INT),
+        help="hidden width of the mlp model (default: 128)",
     )
     p.add_argument(
         "--dataset",
         help=f"one of {', '.join(list_datasets())}, or folder:PATH, a folder of class folders "
         f"(PATH/<class>/<image>, or PATH/train/<class>/... with PATH/test/) (default: {D.dataset})",
     )
-    p.add_argument("--epochs", type=positive_int, help=f"(default: {D.epochs})")
-    p.add_argument("--batch-size", type=positive_int, help=f"(default: {D.batch_size})")
+    p.add_argument("--epochs", type=setting_int("epochs"), help=f"(default: {D.epochs})")
+    p.add_argument(
+        "--batch-size", type=setting_int("batch_size"), help=f"(default: {D.batch_size})"
+    )
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {D.lr:g})")
     p.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (default: {D.optimizer})")
     p.add_argument("--momentum", type=float, help=f"for sgd (default: {D.momentum})")
     p.add_argument("--weight-decay", type=float, help=f"(default: {D.weight_decay})")
     p.add_argument("--schedule", help=f"{', '.join(SCHEDULES)} (default: {D.schedule})")
     p.add_argument("--label-smoothing", type=float, help=f"(default: {D.label_smoothing})")
-    p.add_argument("--seed", type=non_negative_int, help=f"(default: {D.seed})")
+    p.add_argument("--seed", type=seed_int, help=f"0 to 2**32-1 (default: {D.seed})")
     p.add_argument(
         "--val-size",
-        type=non_negative_int,
+        type=setting_int("val_size"),
         help="hold out N training images for validation after each epoch (default: 0)",
     )
     add_subset_flags(p)
@@ -76,14 +93,20 @@ def register(subparsers) -> None:
     add_folder_flags(p)
     add_device(p, precision=True, default=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="use torch.compile (default: off)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)")
     p.add_argument(
-        "--out", type=Path, help="run folder (default: runs/<date-time>-<model>-<dataset>)"
+        "--threads",
+        type=positive_int,
+        help="CPU threads, at most the number of CPUs (default: PyTorch's choice; on --resume, "
+        "the run's)",
+    )
+    p.add_argument(
+        "--out", type=path_arg, help="run folder (default: runs/<date-time>-<model>-<dataset>)"
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the training files of an existing --out folder",
+        help="replace the cnnlab run in an existing --out folder (the old run stays until the "
+        "new one has saved its first epoch; other files in the folder are kept)",
     )
     p.add_argument(
         "--preset",
@@ -92,15 +115,16 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         metavar="RUN/config.json",
         help="rerun a recorded run's recipe; flags given beside it override it",
     )
     p.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         metavar="RUN",
-        help="continue RUN from its last completed epoch; with --epochs N, extend it to N epochs",
+        help="continue RUN from its last completed epoch, with the threads, device and precision "
+        "it used unless given; with --epochs N, extend it to N epochs",
     )
     p.add_argument(
         "--quiet",
@@ -170,10 +194,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError("--preset and --config both set the recipe; give one of them")
         base = preset_config(args.preset).to_json()
     if "config" in args:
-        base = files.read_json(args.config).get("train")
+        base = files.read_json(args.config, error=ConfigError).get("train")
         if not isinstance(base, dict):
             raise ConfigError(f"{args.config}: no 'train' section (is it a cnnlab config.json?)")
-        try:
+        try:  # the rules the flags are held to (cnnlab.config.TrainConfig)
             TrainConfig.from_json(base)
         except ConfigError as err:
             raise ConfigError(f"{args.config}: {err}") from None
@@ -188,7 +212,8 @@ def run_train(args: argparse.Namespace) -> int:
     quiet = "quiet" in args
     progress = not quiet and sys.stderr.isatty()
     data_dir = getattr(args, "data_dir", None)
-    if "resume" in args:
+    resuming = "resume" in args
+    if resuming:
         extra = sorted(
             k for k in vars(args) if k not in RESUMABLE | {"resume", "handler", "command"}
         )
@@ -197,15 +222,35 @@ def run_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flags} cannot be changed when resuming; only --epochs can")
         run_dir = args.resume
         config = resume_config(run_dir, getattr(args, "epochs", None))
+        device, precision, threads = resume_settings(
+            checkpoint.read_run_config(run_dir).get("runtime", {}),
+            getattr(args, "device", None),
+            getattr(args, "precision", None),
+            getattr(args, "threads", None),
+        )
     else:
         config = config_from_args(args)
         run_dir = getattr(args, "out", None) or default_run_dir(config)
-    device = getattr(args, "device", config.device)
-    runtime = runtime_for(device, config.precision, getattr(args, "threads", None))
+        device = getattr(args, "device", config.device)
+        precision, threads = config.precision, getattr(args, "threads", None)
+    runtime = runtime_for(device, precision, threads)
+    saved = 0  # the last epoch this process saved in run_dir
+
+    def on_saved(epoch: int) -> None:
+        nonlocal saved
+        saved = epoch
+
     try:
-        if "resume" in args:
-            data = run_data_location(files.read_json(Path(run_dir) / CONFIG_FILE), data_dir)
-            result = resume_run(run_dir, runtime, data, config.epochs, progress=progress)
+        if resuming:
+            data = explicit_data_root(data_dir)  # else the root the run recorded
+            result = resume_run(
+                run_dir,
+                runtime,
+                data,
+                config.epochs,
+                progress=progress,
+                on_saved=on_saved,
+            )
         else:
             overwrite = "overwrite" in args
             data = (
@@ -213,31 +258,47 @@ def run_train(args: argparse.Namespace) -> int:
                 if is_folder_dataset(config.dataset)
                 else locate_data(get_dataset(config.dataset), data_dir)
             )
-            result = train_run(config, runtime, data, run_dir, overwrite, progress=progress)
-    except KeyboardInterrupt:
-        print(
-            f"Interrupted. {saved_epochs(run_dir)} Resume with: "
-            f"cnnlab train --resume {shell_path(run_dir)}",
-            file=sys.stderr,
-        )
-        return 130
-    except (TrainingError, EvaluationError) as err:
-        raise type(err)(f"{err} {saved_epochs(run_dir)}") from None
+            result = train_run(
+                config,
+                runtime,
+                data,
+                run_dir,
+                overwrite,
+                progress=progress,
+                on_saved=on_saved,
+            )
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
+        stopped = "Terminated." if isinstance(err, Terminated) else "Interrupted."
+        print(f"{stopped} {saved_epochs(run_dir, saved, resuming)}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    except (TrainingError, EvaluationError, OutputError) as err:  # a diverging loss, a full disk
+        raise type(err)(f"{err}. {saved_epochs(run_dir, saved, resuming)}") from None
+    where = os.path.abspath(run_dir)
     print(f"Test accuracy: {result.test_accuracy:.3f}")
-    print(f"Evaluate: cnnlab eval {shell_path(run_dir)}")
-    print(
-        f"Train further: cnnlab train --resume {shell_path(run_dir)} --epochs {config.epochs + 5}"
-    )
+    print(f"Evaluate: {shell_command('cnnlab', 'eval', where)}")
+    further = shell_command("cnnlab", "train", "--resume", where, "--epochs", config.epochs + 5)
+    print(f"Train further: {further}")
     return 0
 
 
-def shell_path(path: Path) -> str:
-    """The absolute path, quoted so that a printed command runs as printed from any folder."""
-    return shlex.quote(str(Path(path).resolve()))
+def explicit_data_root(data_dir: Path | None) -> DataLocation | None:
+    """--data-dir, else $CNNLAB_DATA, when the user gave one; None otherwise."""
+    if data_dir:
+        return DataLocation(expand_path(data_dir), "--data-dir")
+    if os.environ.get("CNNLAB_DATA"):
+        return DataLocation(expand_path(os.environ["CNNLAB_DATA"]), "CNNLAB_DATA")
+    return None
 
 
-def saved_epochs(run_dir: Path) -> str:
-    done = len(run.read_metrics(run_dir)) if Path(run_dir).is_dir() else 0
-    if done == 0:
-        return "No epoch was completed, so nothing was saved."
-    return f"Epoch {done} is saved in {run_dir}."
+def saved_epochs(run_dir: Path, saved: int, resuming: bool) -> str:
+    """What a stopped training left in `run_dir`, and the command that continues it."""
+    if resuming:  # the run's earlier epochs are there whatever this process saved
+        with contextlib.suppress(CheckpointError):
+            saved = max(saved, len(runfiles.read_metrics(run_dir)))
+    if saved == 0:
+        kept = (
+            " The folder's previous run is unchanged." if runfolder.is_cnnlab_run(run_dir) else ""
+        )
+        return f"No epoch was completed, so nothing was saved.{kept}"
+    resume = shell_command("cnnlab", "train", "--resume", os.path.abspath(run_dir))
+    return f"Epoch {saved} is saved in {run_dir}. Resume with: {resume}"

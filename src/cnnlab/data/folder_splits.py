@@ -145,8 +145,11 @@ def dataset_json(splits: DataSplits) -> dict:
     }
 
 
-def write_folder_files(run_dir: Path, splits: DataSplits, log: Callable[[str], None]) -> None:
-    """Write the file assignment and the skipped files; one line says how many were skipped."""
+def write_folder_files(
+    run_dir: Path, splits: DataSplits, log: Callable[[str], None], final_dir: Path | None = None
+) -> None:
+    """Write the file assignment and the skipped files into `run_dir` (a staging folder, moved
+    to `final_dir` with the first epoch); one line says how many were skipped."""
     data: FolderDataset = splits.folder
     assignment = {name: list(files) for name, files in data.assignment().items()}
     atomic_write_text(run_dir / ASSIGNMENT_FILE, json.dumps(assignment, indent=0) + "\n")
@@ -154,7 +157,7 @@ def write_folder_files(run_dir: Path, splits: DataSplits, log: Callable[[str], N
     if data.skipped:
         log(
             f"Skipped {len(data.skipped)} image file(s) that cannot be read; listed in "
-            f"{run_dir / SKIPPED_FILE}"
+            f"{(final_dir or run_dir) / SKIPPED_FILE}"
         )
 
 

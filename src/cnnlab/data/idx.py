@@ -10,25 +10,36 @@ the problem instead of a bare exception from deep inside a reader.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cnnlab.errors import DataError
-from cnnlab.files import read_bytes
+from cnnlab.files import require_regular_file
 
 UINT8_TYPE_CODE = 0x08
 MAX_DIMS = 3  # labels have 1 dimension (N,), images 3 (N, H, W)
+MAX_IDX_BYTES = 1 << 30  # MNIST's largest file is 47 MB; a file over 1 GiB is not a dataset split
 
 
 def parse_idx(raw: bytes, name: str = "<bytes>") -> torch.Tensor:
     """Parse the bytes of an unsigned-byte IDX file into a uint8 tensor of its declared shape."""
-    if len(raw) < 4:
+    dims, header_size = idx_layout(raw[: 4 + 4 * MAX_DIMS], len(raw), name)
+    values = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+    return torch.from_numpy(values.copy())
+
+
+def idx_layout(head: bytes, size: int, name: str) -> tuple[tuple[int, ...], int]:
+    """(dims, header size) of an IDX file of `size` bytes that starts with `head`, after checking
+    that the header is valid and declares exactly `size` bytes."""
+    if size < 4:
         raise DataError(f"{name}: file is empty or shorter than the 4-byte IDX header")
-    if raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{name}: not an IDX file (bad magic number {raw[:4].hex()})")
-    type_code, ndim = raw[2], raw[3]
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number {head[:4].hex()})")
+    type_code, ndim = head[2], head[3]
     if type_code != UINT8_TYPE_CODE:
         raise DataError(
             f"{name}: IDX type code 0x{type_code:02x} is not unsigned byte (0x08) as MNIST uses"
@@ -41,24 +52,47 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> torch.Tensor:
             f"{MAX_DIMS}"
         )
     header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(f"{name}: truncated header ({len(raw)} bytes, {ndim} dimensions declared)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if size < header_size:
+        raise DataError(f"{name}: truncated header ({size} bytes, {ndim} dimensions declared)")
+    dims = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header_size + int(np.prod(dims, dtype=object))
-    if len(raw) != expected:
+    if size != expected:
         shape = "x".join(map(str, dims))
-        problem = "truncated" if len(raw) < expected else "has trailing bytes"
+        problem = "truncated" if size < expected else "has trailing bytes"
         raise DataError(
             f"{name}: {problem}: header declares {shape} values ({expected} bytes in all), "
-            f"file has {len(raw)} bytes"
+            f"file has {size} bytes"
         )
-    values = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
-    return torch.from_numpy(values.copy())
+    return dims, header_size
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
-    """Read and validate one IDX file; every problem is a `DataError` naming the file."""
-    return parse_idx(read_bytes(path, DataError, what="an IDX file"), str(path))
+    """Read and validate one IDX file; every problem is a `DataError` naming the file.
+
+    Only a regular file of at most `MAX_IDX_BYTES` is opened, and its header is checked against
+    its size before the values are read: a FIFO, a device or a huge file is refused at once.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{path}: expected an IDX file, found a folder")
+    size = require_regular_file(path, DataError, MAX_IDX_BYTES)
+    try:
+        with open(path, "rb") as f:
+            dims, header_size = idx_layout(f.read(4 + 4 * MAX_DIMS), size, str(path))
+            f.seek(header_size)
+            body = f.read(size - header_size)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(body) != size - header_size:  # the file changed while it was read
+        raise DataError(f"{path}: truncated while it was read")
+    values = np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    return torch.from_numpy(values.copy())
 
 
 def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int):

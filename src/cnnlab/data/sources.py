@@ -17,7 +17,7 @@ from cnnlab.data.idx import check_idx_pair, parse_idx
 from cnnlab.data.registry import DatasetSpec
 from cnnlab.data.splits import Split
 from cnnlab.errors import DataError
-from cnnlab.files import require_regular_file
+from cnnlab.files import expand_path, require_regular_file
 
 PACKAGED_ROOT = Path(__file__).parent / "packaged"  # MNIST ships with cnnlab (CC BY-SA 3.0)
 MAX_RAW_BYTES = 1 << 30  # no built-in dataset file comes near 1 GiB
@@ -43,9 +43,9 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None, env=None) -> Pa
     """--data-dir, else $CNNLAB_DATA, else the per-user cache folder ($XDG_CACHE_HOME/cnnlab)."""
     env = os.environ if env is None else env
     if data_dir:
-        return Path(data_dir).expanduser()
+        return expand_path(data_dir)
     if env.get("CNNLAB_DATA"):
-        return Path(env["CNNLAB_DATA"]).expanduser()
+        return expand_path(env["CNNLAB_DATA"])
     return user_cache(env)
 
 
@@ -57,9 +57,9 @@ def locate_data(spec: DatasetSpec, data_dir=None, env=None) -> DataLocation:
     """
     env = os.environ if env is None else env
     if data_dir:
-        return DataLocation(Path(data_dir).expanduser(), "--data-dir")
+        return DataLocation(expand_path(data_dir), "--data-dir")
     if env.get("CNNLAB_DATA"):
-        return DataLocation(Path(env["CNNLAB_DATA"]).expanduser(), "CNNLAB_DATA")
+        return DataLocation(expand_path(env["CNNLAB_DATA"]), "CNNLAB_DATA")
     cache = user_cache(env)
     if not is_present(spec, cache) and is_present(spec, PACKAGED_ROOT):
         return DataLocation(PACKAGED_ROOT, "packaged copy")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cnnlab.data.registry import DatasetSpec
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, DataError
 
 
 @dataclass
@@ -72,7 +72,14 @@ def make_splits(
     split_seed: int = 0,
     spec: DatasetSpec | None = None,
 ) -> DataSplits:
-    """Hold out `val_size` seeded-random training images, then keep the first `train_subset`."""
+    """Hold out `val_size` seeded-random training images, then keep the first `train_subset`.
+
+    A split without images is refused here, before any training step or any output file.
+    """
+    name = spec.name if spec is not None else "the dataset"
+    for which, split in (("training", train), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"{name}: the {which} split has no images, so there is nothing to use")
     if val_size < 0 or val_size >= len(train):
         raise ConfigError(
             f"--val-size {val_size} must be between 0 and {len(train) - 1} "

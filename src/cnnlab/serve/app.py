@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError, NoInkError
-from cnnlab.run import load_run
+from cnnlab.runfiles import load_run
 from cnnlab.serve.body_limit import BodyLimit
 from cnnlab.serve.encoding import (
     array_json,

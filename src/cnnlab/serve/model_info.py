@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.models import conv_layer_names, count_parameters
 from cnnlab.predict import preprocessing_for
-from cnnlab.run import LoadedRun, read_metrics
+from cnnlab.runfiles import LoadedRun, read_metrics
 from cnnlab.serve.model_service import stage_title
 from cnnlab.teach.featuremaps import capture_feature_maps
 from cnnlab.teach.summary import format_shape, summarize

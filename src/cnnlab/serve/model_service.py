@@ -34,7 +34,7 @@ from cnnlab.predict import (
     predict_arrays,
     preprocessing_for,
 )
-from cnnlab.run import LoadedRun
+from cnnlab.runfiles import LoadedRun
 from cnnlab.serve.explain_position import ConvExplanation, explain_position
 from cnnlab.teach.featuremaps import Stage, capture_feature_maps
 

@@ -18,6 +18,7 @@ what each layer really received and produced:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from cnnlab.errors import ConfigError
+from cnnlab.models import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE
 
 Shape = tuple[int, ...]
 
@@ -36,11 +38,16 @@ NORMALIZATIONS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenor
 def parse_shape(text: str) -> tuple[int, int, int]:
     """'1x28x28' -> (1, 28, 28): an image's channels, height and width."""
     parts = text.lower().replace(" ", "").split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(
+    if len(parts) != 3 or not all(re.fullmatch("[0-9]{1,9}", p) and int(p) > 0 for p in parts):
+        raise ConfigError(  # ASCII digits only: "²" passes str.isdigit() but not int()
             f"an input shape is CxHxW with three positive integers, e.g. 1x28x28; got {text!r}"
         )
     channels, height, width = (int(p) for p in parts)
+    if channels > MAX_INPUT_CHANNELS or max(height, width) > MAX_INPUT_SIDE:
+        raise ConfigError(
+            f"input {text}: at most {MAX_INPUT_CHANNELS} channels and "
+            f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels"
+        )
     return channels, height, width
 
 
