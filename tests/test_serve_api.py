@@ -449,8 +449,11 @@ def test_explain_refuses_bad_requests(client, images):
 def test_serve_command_errors_are_one_line(tmp_path, capsys, monkeypatch, run_dir):
     assert main(["serve", "--run", str(tmp_path / "missing")]) == 1
     assert "no such run folder" in one_error_line(capsys)
-    assert main(["serve"]) == 1  # no bundled model in this checkout
-    one_error_line(capsys)
+    from cnnlab import bundled
+
+    monkeypatch.setattr(bundled, "BUNDLED_RUN", tmp_path / "no-bundled-model")
+    assert main(["serve"]) == 1  # an installation without the bundled model
+    assert "no bundled model" in one_error_line(capsys)
     import socket
 
     with socket.socket() as taken:
