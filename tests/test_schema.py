@@ -137,7 +137,7 @@ CONFIG_EDITS = {
     "epochs_infinite": ('"epochs": 1,', '"epochs": Infinity,'),
     "hidden_1e9": ('"hidden": 8', '"hidden": 1000000000'),
     "seed_negative": ('"seed": 0,', '"seed": -1,'),
-    "threads_zero": ('"threads": 1', '"threads": 0'),
+    "threads_zero": ('"threads": ', '"threads": 0, "x": '),
     "precision_unknown": ('"precision": "', '"precision": "fp8", "x": "'),
 }
 
