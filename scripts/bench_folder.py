@@ -81,14 +81,15 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="a folder dataset (PATH/train/<class>/...)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per data path (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
     import torchvision
     from torchvision import transforms
 
-    configure_process(None)
-    runtime = resolve_runtime("cpu", "auto")
+    configure_process(args.threads)
+    runtime = resolve_runtime("cpu", "auto", args.threads)
     rates, data = decode_rates(args.folder)
     for label, r in rates.items():
         print(
