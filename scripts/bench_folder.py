@@ -14,6 +14,7 @@ cache against torchvision's ImageFolder + DataLoader(num_workers=2), all in one 
    (b) torchvision: `ImageFolder` (PIL decoding, `ToTensor`) and `DataLoader(num_workers=2,
        shuffle=True)`, as the tutorial's loop would read a folder.
    (a) and (b) alternate, repeat after repeat; the table shows each epoch's seconds.
+   `--data-only` reads the same batches without training: the data path's own speed.
 """
 
 from __future__ import annotations
@@ -64,11 +65,15 @@ def rgb_loader(path: str) -> Image.Image:
 
 
 def epoch_seconds(model, optimizer, batches, precision: str, device) -> tuple[float, int]:
-    """Train over every batch; seconds and images (the loss is read every 100 steps)."""
-    model.train()
+    """Train over every batch (or with `model` None only read them); seconds and images (the
+    loss is read every 100 steps)."""
     started, images = time.perf_counter(), 0
     for step, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
+        if model is None:
+            images += len(y)
+            continue
+        model.train()
         loss, _ = train_step(model, optimizer, x, y, precision)
         images += len(y)
         if step % 100 == 0:
@@ -81,14 +86,18 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="a folder dataset (PATH/train/<class>/...)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per data path (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
+    parser.add_argument(
+        "--data-only", action="store_true", help="only read the batches of an epoch, no training"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
     import torchvision
     from torchvision import transforms
 
-    configure_process(None)
-    runtime = resolve_runtime("cpu", "auto")
+    configure_process(args.threads)
+    runtime = resolve_runtime("cpu", "auto", args.threads)
     rates, data = decode_rates(args.folder)
     for label, r in rates.items():
         print(
@@ -131,8 +140,8 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):
         for name, batches in paths.items():
             torch.manual_seed(0)
-            model = build_model(config, runtime, spec)
-            optimizer = make_optimizer(config, model.parameters())
+            model = None if args.data_only else build_model(config, runtime, spec)
+            optimizer = None if model is None else make_optimizer(config, model.parameters())
             s, images = epoch_seconds(
                 model, optimizer, batches(repeat), runtime.precision, runtime.device
             )

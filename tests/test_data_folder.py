@@ -324,3 +324,21 @@ def test_val_size_with_a_val_folder_is_refused(tmp_path):
         grey_folder(tmp_path / "set" / split, {"a": 3, "b": 3}, size=(4, 4))
     with pytest.raises(ConfigError, match="has its own val/ folder"):
         load(tmp_path / "set", tmp_path, val_size=2)
+
+
+def test_exif_rotated_jpeg_is_decoded_upright(tmp_path):
+    from PIL import ImageOps
+
+    from cnnlab.data.folder_images import decode_image, read_header
+
+    path = tmp_path / "photo.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 3), dtype=np.uint8)  # H 4, W 8
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated by 90 degrees
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+    header = read_header(path)
+    assert (header.width, header.height, header.grey) == (4, 8, False)
+    with Image.open(path) as im:
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert upright.shape == (8, 4, 3)
+    assert np.array_equal(decode_image(path, 3, (8, 4)), upright.transpose(2, 0, 1))

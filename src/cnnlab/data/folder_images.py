@@ -62,9 +62,15 @@ def decode_image(path, channels: int, size: tuple[int, int], fit: str = "crop") 
     fit inside and pads the rest with black. An image already of `size` keeps its exact pixels.
     """
     height, width = size
+    mode = "L" if channels == 1 else "RGB"
     with Image.open(path) as im:
-        im.draft("L" if channels == 1 else "RGB", (width, height))  # JPEG: decode at reduced scale
-        im = ImageOps.exif_transpose(im).convert("L" if channels == 1 else "RGB")
+        im.draft(mode, (width, height))  # JPEG: decode at reduced scale
+        if "exif" in im.info:  # as `read_header`: EXIF stated before the pixels
+            im = ImageOps.exif_transpose(im)
+        if im.mode != mode:
+            im = im.convert(mode)
+        else:
+            im.load()  # no copy: most files already have the mode asked for
     if im.size != (width, height):
         if fit == "crop":
             im = ImageOps.fit(im, (width, height), method=RESAMPLE)

@@ -73,9 +73,10 @@ def find_images(class_dir: Path, root: Path, label: int):
     entries, unreadable = [], []
     for here, dirs, names in os.walk(class_dir):  # symbolic links to folders are not followed
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        folder = os.path.relpath(here, root).replace(os.sep, "/")
         for name in sorted(n for n in names if is_image_name(n)):
-            path = Path(here) / name
-            rel = path.relative_to(root).as_posix()
+            path = os.path.join(here, name)  # strings, not pathlib: this runs for every file
+            rel = f"{folder}/{name}"
             try:
                 info = os.stat(path)
             except OSError as err:
