@@ -32,11 +32,11 @@ CPU = torch.device("cpu")
 BF16 = runtime_module.bf16_supported(CPU)
 
 
-def gradients(precision: str, channels_last: bool):
+def gradients(precision: str, channels_last: bool, dtype: torch.dtype = torch.float32):
     """Loss and gradients of one tutorial-CNN batch (the same weights and data every call)."""
     torch.manual_seed(0)
-    model = create_model(ModelConfig("cnn"))
-    x = torch.rand(64, 1, 28, 28)
+    model = create_model(ModelConfig("cnn")).to(dtype)
+    x = torch.rand(64, 1, 28, 28).to(dtype)
     y = torch.randint(0, 10, (64,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -44,19 +44,28 @@ def gradients(precision: str, channels_last: bool):
     with autocast(CPU, precision):
         loss = F.cross_entropy(model(x).float(), y)
     loss.backward()
-    return loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}
+    return loss.item(), {n: p.grad.double() for n, p in model.named_parameters()}
 
 
 # Conv biases right before batch norm have a true gradient of zero: only rounding noise is left.
 WEIGHTS = ("conv1.weight", "conv2.weight", "bn1.weight", "bn2.weight", "fc.weight", "fc.bias")
 
 
+def relative_error(grad: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((grad - reference).norm() / reference.norm())
+
+
 def test_channels_last_gives_the_same_gradients():
-    plain_loss, plain = gradients("fp32", channels_last=False)
-    fast_loss, fast = gradients("fp32", channels_last=True)
-    assert fast_loss == pytest.approx(plain_loss, rel=1e-6)
-    for name in WEIGHTS:
-        assert torch.allclose(fast[name], plain[name], rtol=1e-4, atol=1e-6), name
+    """Both fp32 layouts agree with a float64 reference to fp32 rounding. conv1's weight gradient
+    sums 64 x 28 x 28 products; oneDNN's single-thread channels_last kernel sums them in one long
+    chain, measured 4.6e-4 off in the largest element, so the bound is on the whole tensor."""
+    reference_loss, reference = gradients("fp32", channels_last=False, dtype=torch.float64)
+    for channels_last in (False, True):
+        loss, grads = gradients("fp32", channels_last=channels_last)
+        assert loss == pytest.approx(reference_loss, rel=1e-6)
+        for name in WEIGHTS:
+            error = relative_error(grads[name], reference[name])
+            assert error < 1e-3, (name, channels_last, error)
 
 
 @pytest.mark.skipif(not BF16, reason="this CPU has no native bf16")
