@@ -39,3 +39,40 @@ def test_lazy_names_resolve_to_the_library_objects():
 
     assert cnnlab.evaluate is evaluate and cnnlab.create_model is create_model
     assert set(cnnlab.__all__) <= set(dir(cnnlab))
+
+
+HEAVY = ("torch", "numpy", "matplotlib", "PIL", "safetensors", "tqdm", "fastapi")
+
+
+def test_help_loads_no_heavy_library():
+    """`cnnlab --help` and every `cnnlab COMMAND --help` answer from the standard library alone
+    (the handlers import PyTorch and the rest when a command runs)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from cnnlab.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "commands = list(parser._subparsers._group_actions[0].choices)\n"
+        "for argv in [['--help']] + [[c, '--help'] for c in commands]:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        build_parser().parse_args(argv)\n"
+        "    assert 'usage: cnnlab' in out.getvalue(), argv\n"
+        f"print(len(commands), sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    count, loaded = run_python(code).split(" ", 1)
+    assert int(count) >= 15 and loaded == "[]"
+
+
+def test_the_help_lists_exactly_the_registered_models():
+    from cnnlab.choices import MODEL_NAMES
+    from cnnlab.models import list_models
+
+    assert sorted(MODEL_NAMES) == list_models()
+
+
+def test_the_help_states_the_recipe_defaults():
+    from cnnlab.config import DEFAULTS, TrainConfig
+
+    built = TrainConfig()
+    assert vars(DEFAULTS) == {k: v for k, v in vars(built).items() if k in vars(DEFAULTS)}
+    assert set(vars(built)) - set(vars(DEFAULTS)) == {"model_options"}

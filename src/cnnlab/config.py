@@ -10,13 +10,17 @@ folders store it as the "train" section of config.json and rebuild it with `from
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
+from cnnlab.choices import PRECISIONS
 from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.data.registry import FolderOptions, check_dataset_name, folder_path, is_folder_dataset
 from cnnlab.errors import ConfigError
-from cnnlab.models import ModelConfig, check_model_options
-from cnnlab.runtime import PRECISIONS
+
+if TYPE_CHECKING:
+    from cnnlab.models import ModelConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MAX_SEED = 2**32 - 1
@@ -68,6 +72,8 @@ class TrainConfig:
     memory_budget: int = 2048  # MiB of decoded images kept in memory; above: memory-mapped
 
     def __post_init__(self):
+        from cnnlab.models import check_model_options  # PyTorch: only when a recipe is built
+
         check_types(self)
         check_model_options(self.model, self.model_options)
         check_dataset_name(self.dataset)
@@ -112,6 +118,8 @@ class TrainConfig:
 
     def model_config(self, spec: DatasetSpec | None = None) -> ModelConfig:
         """The recipe's model sized for its dataset (`spec`, where the caller has resolved it)."""
+        from cnnlab.models import ModelConfig
+
         spec = spec or get_dataset(self.dataset)
         return ModelConfig.for_dataset(self.model, spec, self.model_options)
 
@@ -128,6 +136,13 @@ class TrainConfig:
             strict=self.strict,
             memory_budget_mb=self.memory_budget,
         )
+
+
+# The defaults as plain values (`DEFAULTS.epochs`), read without building a TrainConfig, which
+# loads PyTorch to check the model: the command line's help states them.
+DEFAULTS = SimpleNamespace(
+    **{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+)
 
 
 def flag(name: str) -> str:
@@ -202,19 +217,19 @@ def check_folder_settings(config: TrainConfig) -> None:
         )
 
 
-PRESETS: dict[str, TrainConfig] = {
-    "tutorial": TrainConfig(),
+PRESETS: dict[str, dict] = {  # settings that differ from TrainConfig's defaults
+    "tutorial": {},
     # Tuned on a 5,000-image validation split (BENCHMARKS.md): one pass over the first 50,000
     # training images with a small CNN, a one-cycle schedule and label smoothing.
-    "speedrun": TrainConfig(
-        model="speedrun",
-        epochs=1,
-        train_subset=50_000,
-        batch_size=128,
-        lr=0.008,
-        schedule="onecycle",
-        label_smoothing=0.1,
-    ),
+    "speedrun": {
+        "model": "speedrun",
+        "epochs": 1,
+        "train_subset": 50_000,
+        "batch_size": 128,
+        "lr": 0.008,
+        "schedule": "onecycle",
+        "label_smoothing": 0.1,
+    },
 }
 
 
@@ -222,4 +237,4 @@ def preset_config(name: str) -> TrainConfig:
     """A named recipe: `tutorial` (the defaults) or `speedrun` (see BENCHMARKS.md)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return TrainConfig(**PRESETS[name])

@@ -17,12 +17,12 @@ import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors_bytes
+from typing import TYPE_CHECKING
 
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, OutputError
+
+if TYPE_CHECKING:  # PyTorch and safetensors load with the first tensor file, not with this module
+    import torch
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 MAX_JSON_BYTES = (
@@ -116,6 +116,8 @@ def json_depth(value, limit: int = MAX_JSON_DEPTH) -> int:
 
 
 def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    from safetensors.torch import save as save_safetensors_bytes
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"cnnlab": json.dumps(metadata)} if metadata is not None else None
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=meta))
@@ -132,6 +134,8 @@ def load_safetensors(
     tensor's dtype (safetensors' name, e.g. "F32") and shape before any tensor is read, so a file
     that declares tensors the caller does not expect is refused without loading them.
     """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     refuse_pickle(path)
     require_regular_file(path, CheckpointError, max_bytes)

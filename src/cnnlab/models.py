@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from cnnlab.choices import MAX_CLASSES, MAX_OPTION_INT, MODEL_NAMES
 from cnnlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(name: str, description: str):
     """Decorator: `builder(input_shape, num_classes, **options) -> nn.Module` becomes `name`."""
 
+    if name not in MODEL_NAMES:  # the command line's help lists MODEL_NAMES without importing this
+        raise ValueError(f"add {name!r} to cnnlab.choices.MODEL_NAMES")
+
     def wrap(builder):
         _REGISTRY[name] = ModelEntry(name, builder, description)
         return builder
@@ -91,11 +95,9 @@ def get_model_entry(name: str) -> ModelEntry:
         ) from None
 
 
-MAX_OPTION_INT = 1 << 16  # widths and hidden sizes; the parameter cap below bounds the rest
 MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights, far beyond any model here at any width
 MAX_INPUT_SIDE = 4096
 MAX_INPUT_CHANNELS = 256
-MAX_CLASSES = 100_000
 
 
 OPTION_KINDS = {

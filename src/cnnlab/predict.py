@@ -27,6 +27,7 @@ from PIL import Image
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
 
+from cnnlab.choices import PREDICT_BATCH_SIZE
 from cnnlab.data.preprocess import Normalization, to_model_input
 from cnnlab.errors import CheckpointError, ConfigError, EvaluationError, ImageError
 from cnnlab.images import STYLES, open_image, prepare
@@ -149,7 +150,7 @@ def run_eval_settings(run_config: dict, runtime: Runtime, norm: Normalization) -
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-BATCH_SIZE = 256
+BATCH_SIZE = PREDICT_BATCH_SIZE  # images per forward pass
 THUMBNAIL = (256, 256)  # the largest original kept for figures
 # How each dataset's images were made, hence how a user's image must be prepared. A dataset
 # not listed here (or a config.json that says "preprocessing") is prepared as "resize".

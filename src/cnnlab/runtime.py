@@ -19,10 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cnnlab.choices import DEVICES, PRECISIONS
 from cnnlab.errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

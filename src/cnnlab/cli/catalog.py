@@ -6,8 +6,6 @@ import argparse
 
 from cnnlab.cli.common import add_data_dir, print_table
 from cnnlab.data import DATASETS, get_dataset, list_datasets
-from cnnlab.data.sources import is_present, locate_data, resolve_data_root
-from cnnlab.models import ModelConfig, count_parameters, create_model, get_model_entry, list_models
 
 
 def register(subparsers) -> None:
@@ -27,6 +25,8 @@ def register(subparsers) -> None:
 
 
 def run_datasets(args: argparse.Namespace) -> int:
+    from cnnlab.data.sources import is_present, locate_data, resolve_data_root
+
     rows = []
     for name in list_datasets():
         spec = DATASETS[name]
@@ -54,6 +54,14 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from cnnlab.models import (
+        ModelConfig,
+        count_parameters,
+        create_model,
+        get_model_entry,
+        list_models,
+    )
+
     spec = get_dataset(args.dataset)
     rows = []
     for name in list_models():

@@ -12,11 +12,10 @@ import os
 import re
 from pathlib import Path
 
+from cnnlab.choices import DEVICES, PRECISIONS
 from cnnlab.config import INT_LIMITS, MAX_SEED
 from cnnlab.errors import ConfigError
 from cnnlab.files import expand_path
-from cnnlab.runtime import DEVICES, PRECISIONS
-from cnnlab.viz import save_figure
 
 MAX_INT = 2**31 - 1  # no count or size cnnlab takes comes near this; bigger ones overflow C ints
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
@@ -175,6 +174,8 @@ def figure_path(out: Path | None, run_dir: Path | None, default_name: str) -> Pa
 
 def save_figure_to(fig, out: Path | None, run_dir: Path | None, default_name: str) -> Path:
     """Write a figure where `figure_path` says, creating the folder; errors are one line."""
+    from cnnlab.viz import save_figure
+
     path = figure_path(out, run_dir, default_name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

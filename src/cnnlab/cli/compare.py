@@ -20,14 +20,11 @@ from cnnlab.cli.common import (
     seed_int,
     setting_int,
 )
-from cnnlab.config import MAX_SEED, TrainConfig
+from cnnlab.config import DEFAULTS, MAX_SEED, TrainConfig
 from cnnlab.data import get_dataset, list_datasets
-from cnnlab.data.sources import locate_data
 from cnnlab.errors import ConfigError
-from cnnlab.run import load_splits
-from cnnlab.teach import compare
 
-D = TrainConfig()  # the defaults the help texts state
+D = DEFAULTS  # the defaults the help texts state
 
 
 def register(subparsers) -> None:
@@ -87,6 +84,10 @@ def register(subparsers) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from cnnlab.data.sources import locate_data
+    from cnnlab.run import load_splits
+    from cnnlab.teach import compare
+
     recipe = TrainConfig(
         dataset=args.dataset,
         epochs=args.epochs,

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from cnnlab.data.splits import Split
+
 
 from cnnlab.cli.common import (
     add_data_dir,
@@ -28,17 +31,8 @@ from cnnlab.cli.common import (
     seed_int,
 )
 from cnnlab.data import DatasetSpec, get_dataset, list_datasets
-from cnnlab.data.folder_splits import folder_splits
-from cnnlab.data.preprocess import to_model_input
 from cnnlab.data.registry import FolderOptions, folder_path, is_folder_dataset
-from cnnlab.data.sources import load_dataset, locate_data
-from cnnlab.data.splits import Split
 from cnnlab.errors import ConfigError
-from cnnlab.metrics import evaluate_run
-from cnnlab.run import run_data_location, run_splits
-from cnnlab.runfiles import load_run
-from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
-from cnnlab.viz.tutorial import feature_maps_figure, mistakes_figure, sample_grid
 
 SPLITS = ("train", "test")
 MAX_GRID = 256  # images in one figure: more would be too small to see and slow to draw
@@ -121,11 +115,19 @@ def add_split(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def dataset_split(spec: DatasetSpec, root: Path, split: str) -> Split:
+    from cnnlab.data.sources import load_dataset
+
     train, test = load_dataset(spec, root)
     return train if split == "train" else test
 
 
 def run_featuremaps(args: argparse.Namespace) -> int:
+    from cnnlab.data.preprocess import to_model_input
+    from cnnlab.run import run_data_location
+    from cnnlab.runfiles import load_run
+    from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps, require_conv_layers
+    from cnnlab.viz.tutorial import feature_maps_figure
+
     run = load_run(args.run)
     require_conv_layers(run.model, run.model_config.name)
     spec = run.dataset
@@ -158,6 +160,12 @@ def run_featuremaps(args: argparse.Namespace) -> int:
 
 
 def run_samples(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnlab.data.folder_splits import folder_splits
+    from cnnlab.data.sources import locate_data
+    from cnnlab.viz.tutorial import sample_grid
+
     if is_folder_dataset(args.dataset):  # read with the default settings, as train would
         splits = folder_splits(FolderOptions(folder_path(args.dataset)))
         spec, split = splits.spec, splits.train if args.split == "train" else splits.test
@@ -186,6 +194,11 @@ def run_samples(args: argparse.Namespace) -> int:
 
 
 def run_mistakes(args: argparse.Namespace) -> int:
+    from cnnlab.metrics import evaluate_run
+    from cnnlab.run import run_data_location, run_splits
+    from cnnlab.runfiles import load_run
+    from cnnlab.viz.tutorial import mistakes_figure
+
     runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset

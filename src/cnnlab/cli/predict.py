@@ -13,15 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cnnlab.bundled import bundled_run_dir
+from cnnlab.choices import PREDICT_BATCH_SIZE
 from cnnlab.cli.common import add_device, path_arg, positive_int
 from cnnlab.errors import ConfigError, OutputError
-from cnnlab.predict import BATCH_SIZE, Failure, collect_files, predict_files, run_classifier
-from cnnlab.run import run_data_location
-from cnnlab.runfiles import load_run
-from cnnlab.runtime import resolve_runtime
 
 
 def register(subparsers) -> None:
@@ -54,7 +49,10 @@ def register(subparsers) -> None:
         help="draw each image, the model's input and the probabilities (first 16 images)",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=BATCH_SIZE, help=f"(default: {BATCH_SIZE})"
+        "--batch-size",
+        type=positive_int,
+        default=PREDICT_BATCH_SIZE,
+        help=f"(default: {PREDICT_BATCH_SIZE})",
     )
     add_device(p)
     p.set_defaults(handler=run_predict)
@@ -88,6 +86,11 @@ def register(subparsers) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cnnlab.predict import Failure, collect_files, predict_files, run_classifier
+    from cnnlab.runtime import resolve_runtime
+
     if args.show is not None and args.show.suffix.lower() != ".png":
         raise ConfigError(f"--show {args.show}: figures are written as PNG; name it .png")
     if args.onnx is not None:
@@ -149,6 +152,8 @@ def _write_figure(path: Path, predictions, classifier, total: int) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from cnnlab.export import export_onnx, require_onnx
+    from cnnlab.run import run_data_location
+    from cnnlab.runfiles import load_run
 
     if (args.run is None) == (not args.bundled):
         raise ConfigError("give a run folder or --bundled (one of them)")

@@ -16,11 +16,6 @@ from cnnlab.cli.common import (
     save_figure_to,
 )
 from cnnlab.errors import ConfigError
-from cnnlab.metrics import evaluate_run, most_confused
-from cnnlab.models import conv_layer_names
-from cnnlab.run import run_data_location, run_splits
-from cnnlab.runfiles import load_run
-from cnnlab.viz import training as viz
 
 
 def register(subparsers) -> None:
@@ -47,6 +42,11 @@ def register(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from cnnlab.metrics import evaluate_run, most_confused
+    from cnnlab.run import run_data_location, run_splits
+    from cnnlab.runfiles import load_run
+    from cnnlab.viz import training as viz
+
     runtime = runtime_for(args.device, "auto")
     run = load_run(args.run, runtime.device)
     spec = run.dataset
@@ -89,6 +89,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_filters(args: argparse.Namespace) -> int:
+    from cnnlab.models import conv_layer_names
+    from cnnlab.runfiles import load_run
+    from cnnlab.viz import training as viz
+
     run = load_run(args.run)
     convs = conv_layer_names(run.model)
     if not convs:

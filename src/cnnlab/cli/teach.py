@@ -9,11 +9,16 @@ cnnlab explain conv
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
+from cnnlab.choices import MAX_CLASSES, MODEL_NAMES
 from cnnlab.cli.common import int_in, positive_int, print_table, seed_int
 from cnnlab.errors import ConfigError
-from cnnlab.models import MAX_CLASSES, ModelConfig, create_model, list_models
-from cnnlab.teach import explain
+
+if TYPE_CHECKING:
+    from cnnlab.teach.shapes import ShapesReport
+    from cnnlab.teach.summary import ModelSummary
+
 from cnnlab.teach.params import (
     RESOLUTIONS,
     FirstLayerComparison,
@@ -21,8 +26,6 @@ from cnnlab.teach.params import (
     compare_first_layers,
     count_layers,
 )
-from cnnlab.teach.shapes import ShapesReport, work_out_shapes
-from cnnlab.teach.summary import ModelSummary, format_shape, human_bytes, parse_shape, summarize
 
 EXAMPLE_SIDE = int_in(1, 16)  # a worked example is read line by line: a few hundred at most
 EXAMPLE_KERNEL = int_in(1, 7)
@@ -44,9 +47,7 @@ def register_summary(subparsers) -> None:
         description="Run one forward pass of zeros through the model and list every layer it "
         "calls, like torchinfo or Keras's summary().",
     )
-    p.add_argument(
-        "--model", default="cnn", help=f"one of {', '.join(list_models())} (default: cnn)"
-    )
+    p.add_argument("--model", default="cnn", help=f"one of {', '.join(MODEL_NAMES)} (default: cnn)")
     p.add_argument(
         "--input", default="1x28x28", metavar="CxHxW", help="input shape (default: 1x28x28)"
     )
@@ -173,6 +174,9 @@ class _AppendLayer(argparse.Action):
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    from cnnlab.models import ModelConfig, create_model
+    from cnnlab.teach.summary import format_shape, parse_shape, summarize
+
     input_shape = parse_shape(args.input)
     values = args.batch_size * input_shape[0] * input_shape[1] * input_shape[2]
     if values > SUMMARY_VALUES:
@@ -191,6 +195,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def print_summary(report: ModelSummary, batch: int) -> None:
+    from cnnlab.teach.summary import human_bytes
+
     rows = [
         [
             row.name,
@@ -237,6 +243,8 @@ def print_summary(report: ModelSummary, batch: int) -> None:
 
 
 def run_params(args: argparse.Namespace) -> int:
+    from cnnlab.teach.summary import parse_shape
+
     if args.layers:
         print_table([_count_row(c) for c in count_layers(args.layers)], COUNT_HEADER)
         return 0
@@ -248,6 +256,8 @@ def run_params(args: argparse.Namespace) -> int:
 
 
 def print_params(c: FirstLayerComparison) -> None:
+    from cnnlab.teach.summary import format_shape
+
     channels, height, width = c.image
     print(
         f"The first layer on a {channels}x{height}x{width} image "
@@ -294,6 +304,8 @@ def _count_row(count: LayerCount) -> list[str]:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
+    from cnnlab.teach.shapes import work_out_shapes
+
     report = work_out_shapes(
         args.size,
         args.kernel,
@@ -333,6 +345,8 @@ def print_shapes(r: ShapesReport) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from cnnlab.teach import explain
+
     if args.topic == "conv":
         lines = explain.explain_conv(args.size, args.kernel, args.padding, args.stride, args.seed)
     elif args.topic == "pool":

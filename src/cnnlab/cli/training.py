@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from cnnlab import checkpoint, files, runfiles, runfolder
+from cnnlab import files
+from cnnlab.choices import MAX_OPTION_INT, MODEL_NAMES
 from cnnlab.cli.common import (
     Terminated,
     add_data_dir,
@@ -21,10 +22,18 @@ from cnnlab.cli.common import (
     seed_int,
     setting_int,
 )
-from cnnlab.config import AUGMENTS, FITS, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, preset_config
+from cnnlab.config import (
+    AUGMENTS,
+    DEFAULTS,
+    FITS,
+    OPTIMIZERS,
+    PRESETS,
+    SCHEDULES,
+    TrainConfig,
+    preset_config,
+)
 from cnnlab.data import get_dataset, list_datasets
 from cnnlab.data.registry import FOLDER_PREFIX, folder_path, is_folder_dataset
-from cnnlab.data.sources import DataLocation, locate_data
 from cnnlab.errors import (
     CheckpointError,
     ConfigError,
@@ -33,13 +42,8 @@ from cnnlab.errors import (
     TrainingError,
     shell_command,
 )
-from cnnlab.files import expand_path
-from cnnlab.models import MAX_OPTION_INT, list_models
-from cnnlab.resume import resume_config, resume_run
-from cnnlab.run import default_run_dir, train_run
-from cnnlab.runtime import resume_settings
 
-D = TrainConfig()  # the defaults the help texts state
+D = DEFAULTS  # the defaults the help texts state
 RESUMABLE = {"epochs", "device", "precision", "data_dir", "quiet", "threads"}
 
 
@@ -51,7 +55,7 @@ def register(subparsers) -> None:
         "model.safetensors, checkpoint.safetensors, loss.png, filters.png.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--model", help=f"one of {', '.join(list_models())} (default: {D.model})")
+    p.add_argument("--model", help=f"one of {', '.join(MODEL_NAMES)} (default: {D.model})")
     p.add_argument(
         "--hidden",
         type=int_in(1, MAX_OPTION_INT),
@@ -209,6 +213,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from cnnlab import checkpoint
+    from cnnlab.data.sources import DataLocation, explicit_location, locate_data
+    from cnnlab.resume import resume_config, resume_run
+    from cnnlab.run import default_run_dir, train_run
+    from cnnlab.runtime import resume_settings
+
     quiet = "quiet" in args
     progress = not quiet and sys.stderr.isatty()
     data_dir = getattr(args, "data_dir", None)
@@ -242,7 +252,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         if resuming:
-            data = explicit_data_root(data_dir)  # else the root the run recorded
+            data = explicit_location(data_dir)  # else the root the run recorded
             result = resume_run(
                 run_dir,
                 runtime,
@@ -281,17 +291,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def explicit_data_root(data_dir: Path | None) -> DataLocation | None:
-    """--data-dir, else $CNNLAB_DATA, when the user gave one; None otherwise."""
-    if data_dir:
-        return DataLocation(expand_path(data_dir), "--data-dir")
-    if os.environ.get("CNNLAB_DATA"):
-        return DataLocation(expand_path(os.environ["CNNLAB_DATA"]), "CNNLAB_DATA")
-    return None
-
-
 def saved_epochs(run_dir: Path, saved: int, resuming: bool) -> str:
     """What a stopped training left in `run_dir`, and the command that continues it."""
+    from cnnlab import runfiles, runfolder
+
     if resuming:  # the run's earlier epochs are there whatever this process saved
         with contextlib.suppress(CheckpointError):
             saved = max(saved, len(runfiles.read_metrics(run_dir)))

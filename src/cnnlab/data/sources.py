@@ -56,14 +56,23 @@ def locate_data(spec: DatasetSpec, data_dir=None, env=None) -> DataLocation:
     An explicit --data-dir or $CNNLAB_DATA is used or refused, never skipped for another source.
     """
     env = os.environ if env is None else env
-    if data_dir:
-        return DataLocation(expand_path(data_dir), "--data-dir")
-    if env.get("CNNLAB_DATA"):
-        return DataLocation(expand_path(env["CNNLAB_DATA"]), "CNNLAB_DATA")
+    explicit = explicit_location(data_dir, env)
+    if explicit is not None:
+        return explicit
     cache = user_cache(env)
     if not is_present(spec, cache) and is_present(spec, PACKAGED_ROOT):
         return DataLocation(PACKAGED_ROOT, "packaged copy")
     return DataLocation(cache, "user cache")
+
+
+def explicit_location(data_dir=None, env=None) -> DataLocation | None:
+    """--data-dir, else $CNNLAB_DATA, when the user gave one; None otherwise."""
+    env = os.environ if env is None else env
+    if data_dir:
+        return DataLocation(expand_path(data_dir), "--data-dir")
+    if env.get("CNNLAB_DATA"):
+        return DataLocation(expand_path(env["CNNLAB_DATA"]), "CNNLAB_DATA")
+    return None
 
 
 def raw_path(folder: Path, name: str) -> Path | None:
