@@ -8,6 +8,7 @@ dataclass whose derived figures are properties and whose `to_json()` is what `--
 cnnlab.bench.throughput  run_bench (tutorial loop, cnnlab's loop, the limit, inference), ablation
 cnnlab.bench.accuracy    speedrun_bench, accuracy_bench
 cnnlab.bench.profile     profile_step
+cnnlab.bench.prediction  predict_bench (the predict path and the model alone, PyTorch and ONNX)
 cnnlab.bench.tutorial    the tutorial's program as it is written: the baseline
 cnnlab.bench.timing      sync, timed, LoopRuns
 """

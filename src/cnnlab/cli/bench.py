@@ -2,6 +2,7 @@
 
 cnnlab bench --json bench.json
 cnnlab bench --speedrun --seeds 10
+cnnlab bench --predict --run runs/<run>
 
 The measuring is `cnnlab.bench`; this module parses, calls it and renders its results.
 """
@@ -10,24 +11,29 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cnnlab.bench import (
-    AblationReport,
-    AccuracyReport,
-    BenchPlan,
-    BenchReport,
-    SpeedrunReport,
-    StepProfile,
-    ablation_bench,
-    accuracy_bench,
-    profile_step,
-    run_bench,
-    speedrun_bench,
+from cnnlab.cli.common import (
+    add_data_dir,
+    add_device,
+    int_in,
+    path_arg,
+    positive_int,
+    print_table,
+    runtime_for,
 )
-from cnnlab.cli.common import add_data_dir, add_device, positive_int, print_table, runtime_for
 from cnnlab.data import get_dataset
-from cnnlab.data.sources import load_dataset, resolve_data_root
+from cnnlab.errors import ConfigError
 from cnnlab.files import write_json
+
+if TYPE_CHECKING:
+    from cnnlab.bench import (
+        AblationReport,
+        AccuracyReport,
+        BenchReport,
+        SpeedrunReport,
+        StepProfile,
+    )
 
 PROFILE_ROWS = 15
 
@@ -38,13 +44,21 @@ def register(subparsers) -> None:
         help="measure training speed against the tutorial's loop, and inference throughput",
         description="(a) the tutorial's DataLoader loop, (b) cnnlab's training epoch on the "
         "same number of steps, (c) the limit: conv2's forward GFLOP/s at batch 512. Medians "
-        "over repeats, (a) and (b) alternating. One of --speedrun, --ablation, --profile or "
-        "--accuracy measures something else instead.",
+        "over repeats, (a) and (b) alternating. One of --speedrun, --ablation, --profile, "
+        "--accuracy or --predict measures something else instead.",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=300, help="steps per repeat (default: 300)"
+        "--steps",
+        type=positive_int,
+        default=300,
+        help="steps per repeat; --predict: calls with one image (default: 300)",
     )
-    p.add_argument("--repeats", type=positive_int, default=3, help="repeats (default: 3)")
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        help="repeats; --predict: calls with the folder and the large batch (default: 3; "
+        "--predict: 20)",
+    )
     add_device(p, precision=True)
     add_modes(p)
     p.add_argument(
@@ -83,17 +97,48 @@ def add_modes(parser: argparse.ArgumentParser) -> None:
         help="instead, train the fp32 tutorial program and cnnlab's defaults for 5 epochs on "
         "paired seeds (give --seeds 5) and compare test accuracy",
     )
+    modes.add_argument(
+        "--predict",
+        action="store_true",
+        help="instead, measure prediction: `cnnlab predict` on 1 image and on a folder of "
+        "--images PNG files, and the model alone at batch 1 and --images, in PyTorch and "
+        "onnxruntime (with the export extra) side by side",
+    )
+    parser.add_argument(
+        "--run",
+        type=path_arg,
+        metavar="RUN",
+        help="--predict: the run folder to measure (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int_in(1, 100_000),
+        default=1000,
+        help="--predict: images in the folder and the large batch (default: 1000)",
+    )
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
+    from cnnlab.bench import (
+        BenchPlan,
+        ablation_bench,
+        accuracy_bench,
+        profile_step,
+        run_bench,
+        speedrun_bench,
+    )
+    from cnnlab.data.sources import load_dataset, resolve_data_root
+
     runtime = runtime_for(args.device, args.precision)
+    args.repeats = args.repeats or (20 if args.predict else 3)
+    if args.predict:
+        return run_predict_bench(args, runtime)
+    if args.run is not None:
+        raise ConfigError("--run is for --predict; the other measurements use the tutorial's CNN")
     root = resolve_data_root(args.data_dir)
     if not args.profile:  # the profile runs on random images
         load_dataset(get_dataset("mnist"), root)  # present (or downloaded) before any timing
-    print(
-        f"Device: {runtime.device} ({runtime.to_json()['device_name']}), precision "
-        f"{runtime.precision}, channels_last {runtime.channels_last}, threads {runtime.threads}"
-    )
+    print(describe(runtime))
     if args.speedrun:
         report = speedrun_bench(root, runtime, args.seeds)
         print_speedrun(report)
@@ -113,6 +158,50 @@ def run_bench_command(args: argparse.Namespace) -> int:
         write_json(args.json, report.to_json())
         print(f"Wrote {args.json}")
     return 0
+
+
+def run_predict_bench(args: argparse.Namespace, runtime) -> int:
+    from cnnlab.bench.prediction import PredictPlan, predict_bench
+    from cnnlab.bundled import bundled_run_dir
+    from cnnlab.run import run_data_location
+    from cnnlab.runfiles import load_run
+
+    run_dir = args.run or bundled_run_dir()
+    location = run_data_location(load_run(run_dir).config, args.data_dir, log=lambda _: None)
+    print(describe(runtime))
+    plan = PredictPlan(folder=args.images, single_calls=args.steps, folder_calls=args.repeats)
+    report = predict_bench(run_dir, runtime, location.root, plan)
+    print(f"Model: {report.source}; inputs: {report.inputs} written as PNG files")
+    print_table(
+        [
+            [
+                r.name,
+                r.engine,
+                f"{r.images_per_second:,.0f}",
+                f"{r.per_image_ms(0.5):.3f}",
+                f"{r.per_image_ms(0.99):.3f}",
+            ]
+            for r in report.runs
+        ],
+        ["measured", "engine", "images/s", "ms/image p50", "ms/image p99"],
+    )
+    print(
+        f"({args.steps} calls with 1 image, {args.repeats} with {args.images:,}, after a warm-up "
+        "call; engines alternate call by call)"
+    )
+    if report.onnx_note:
+        print(f"onnxruntime not measured: {report.onnx_note}")
+    if args.json:
+        write_json(args.json, report.to_json())
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def describe(runtime) -> str:
+    return (
+        f"Device: {runtime.device} ({runtime.to_json()['device_name']}), precision "
+        f"{runtime.precision}, channels_last {runtime.channels_last}, threads {runtime.threads}"
+    )
 
 
 def print_speedrun(r: SpeedrunReport) -> None:
