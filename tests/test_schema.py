@@ -210,6 +210,18 @@ def test_any_edit_of_checkpoint_metadata_is_a_checkpoint_error_or_resumes(traine
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("entry", [{}, {"step": 1.0}])
+def test_optimizer_scalars_for_no_parameter_are_refused(trained, tmp_path, entry):
+    _, source = trained
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    tensors, meta = load_safetensors(source / CHECKPOINT_FILE)
+    meta["optimizer_scalars"] = {"unexpected": entry}
+    save_safetensors(run / CHECKPOINT_FILE, tensors, meta)
+    with pytest.raises(CheckpointError, match="optim.unexpected"):
+        load_training_state(run)
+
+
 TENSOR_EDITS = st.sampled_from(["float64", "int64", "bfloat16", "uint8", "flatten", "scalar"])
 
 

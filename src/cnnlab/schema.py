@@ -249,6 +249,8 @@ def check_checkpoint(header: dict, meta, expected: ExpectedCheckpoint, path: Pat
             path,
             f"optimizer_scalars[{short(index)}] must map names to numbers",
         )
+        check_state_index(index, "", expected, path)
+        state.setdefault(index, set())  # an empty entry still has to hold the optimizer's state
         for name in entries:
             check_optimizer_key(index, name, expected, path)
             state.setdefault(index, set()).add(name)
@@ -288,14 +290,19 @@ def describe_misfit(key: str, dtype: str, shape, want_dtype: str, want_shape) ->
 
 def check_optimizer_key(index, name, expected: ExpectedCheckpoint, path: Path):
     """(dtype, shape) of the parameter that optimizer state `index`.`name` belongs to."""
+    check_state_index(index, name, expected, path)
+    need(name in expected.state_names, path, f"optim.{index}.{name}: not state of this optimizer")
+    return expected.parameters[int(index)]
+
+
+def check_state_index(index, name: str, expected: ExpectedCheckpoint, path: Path) -> None:
+    """`index` names one of the model's parameters, as a decimal string."""
     ok = isinstance(index, str) and index.isascii() and index.isdigit() and len(index) < 6
     need(
         ok and int(index) < len(expected.parameters),
         path,
-        f"optim.{index}.{name} does not fit the model",
+        f"optim.{str(index)[:40]}.{name} does not fit the model",
     )
-    need(name in expected.state_names, path, f"optim.{index}.{name}: not state of this optimizer")
-    return expected.parameters[int(index)]
 
 
 def check_metrics(metrics, epochs_done: int, path: Path) -> None:
