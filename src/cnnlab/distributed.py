@@ -39,6 +39,7 @@ from cnnlab.runtime import available_cpus
 from cnnlab.syncbn import synced_view
 
 DEFAULT_TIMEOUT = 600.0  # seconds a process waits for the others before giving up
+MAX_TIMEOUT = 366 * 86400.0
 T = TypeVar("T")
 
 
@@ -129,8 +130,8 @@ def init_process_group(world: World, device: torch.device, timeout: float | None
     a key prefix of its own attempt, which every process of a machine agrees on.
     """
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-    if timeout <= 0:
-        raise ConfigError(f"--peer-timeout must be positive, got {timeout:g}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ConfigError(f"--peer-timeout must be more than 0 and at most a year, got {timeout:g}")
     delta = dt.timedelta(seconds=timeout)
     store, _, _ = next(dist.rendezvous("env://", world.rank, world.size, timeout=delta))
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":

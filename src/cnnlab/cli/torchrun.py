@@ -20,7 +20,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from cnnlab import distributed as ddp
-from cnnlab.cli.common import Terminated, non_negative_int, positive_int
+from cnnlab.cli.common import Terminated, non_negative_int, positive_float, positive_int
 from cnnlab.config import TrainConfig
 from cnnlab.data.sources import DataLocation
 from cnnlab.distributed_run import (
@@ -54,7 +54,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--peer-timeout",
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help=f"with several processes, give up when another stops answering for this long "
         f"(default: {ddp.DEFAULT_TIMEOUT:g})",
