@@ -250,7 +250,7 @@ def check_checkpoint(header: dict, meta, expected: ExpectedCheckpoint, path: Pat
     state: dict[str, set[str]] = {}  # parameter index -> the names of its optimizer state
     for index, entries in scalars.items():
         need(
-            isinstance(entries, dict) and all(is_number(v) for v in entries.values()),
+            isinstance(entries, dict) and entries and all(is_number(v) for v in entries.values()),
             path,
             f"optimizer_scalars[{short(index)}] must map names to numbers",
         )
