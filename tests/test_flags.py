@@ -60,6 +60,7 @@ def test_every_integer_and_path_argument_has_a_checked_type():
         ("train", "--test-fraction"),
         ("compare", "--lr"),
         ("serve", "--max-upload-mb"),
+        ("train", "--peer-timeout"),
     }
     assert set(loose) - floats <= {("bench", "--json")}, loose
 

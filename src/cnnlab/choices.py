@@ -14,3 +14,4 @@ MODEL_NAMES = ("cnn", "mlp", "resnet", "speedrun")
 MAX_OPTION_INT = 1 << 16  # widths and hidden sizes; the parameter cap in models bounds the rest
 MAX_CLASSES = 100_000
 PREDICT_BATCH_SIZE = 256  # images per forward pass of `cnnlab predict`
+PEER_TIMEOUT = 600.0  # seconds a training process waits for the others before giving up

@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    sync_bn: bool = False  # with several processes, batch norm over the whole batch
     augment: str = "none"  # a preset of cnnlab.data.augment, applied to every training batch
     # how a folder:PATH dataset is read (cnnlab.data.folder): None follows the images
     image_size: int | None = None
@@ -159,7 +160,7 @@ FIELD_TYPES = {
     int: ("epochs", "batch_size", "seed", "val_size", "memory_budget"),
     float: ("lr", "momentum", "weight_decay", "label_smoothing", "test_fraction"),
     str: ("model", "dataset", "optimizer", "schedule", "device", "precision", "augment", "fit"),
-    bool: ("normalize", "compile", "strict"),
+    bool: ("normalize", "compile", "strict", "sync_bn"),
     dict: ("model_options",),
     (int, type(None)): ("train_subset", "test_subset", "image_size", "channels"),
 }

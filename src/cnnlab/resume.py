@@ -58,51 +58,76 @@ def resume_run(
     """
     run_dir = Path(run_dir)
     with runfolder.locked_run(run_dir):
-        recorded = checkpoint.read_run_config(run_dir)
-        config = recorded_recipe(recorded, run_dir, epochs)
-        state = load_state_to_resume(run_dir)
-        if config.epochs < state.epochs_done:
-            raise ConfigError(
-                f"--epochs {config.epochs} is fewer than the {state.epochs_done} epochs already "
-                f"done"
-            )
+        recorded, config, state = resume_plan(run_dir, epochs)
         if config.epochs == state.epochs_done:
-            if not needs_restore(run_dir, state):
-                raise ConfigError(
-                    f"{run_dir} already finished its {state.epochs_done} epochs; pass --epochs N "
-                    f"(more than {state.epochs_done}) to train it further"
-                )
             return restore_from_checkpoint(run_dir, recorded, state, log)
         location = as_location(data) if data is not None else run_data_location(recorded, log=log)
-        splits = load_splits(config, location, recorded.get("data"), log, progress)
-        if splits.folder is not None:
-            folders.check_assignment(run_dir, splits)
-        check_steps(run_dir, state, splits, config)
-        log(f"Run folder: {run_dir}")
-        if splits.folder is None:
-            log(f"Data: {location.describe()}, {describe(list(splits.files))}")
-        log(f"Resuming after epoch {state.epochs_done} of {config.epochs}")
-        differences = runtime_differences(recorded, runtime)
-        if differences:
-            log(
-                f"Note: {'; '.join(differences)}: the result will not be bit-identical to an "
-                f"uninterrupted run"
-            )
-        recorded["train"] = config.to_json()
-        recorded["runtime"] = runtime.to_json()  # what the last epochs and the test ran with
-        write_json(run_dir / CONFIG_FILE, recorded)
-
-        def save(end: EpochEnd) -> None:
-            with runfolder.deferred_signals():
-                save_epoch(run_dir, end)
-            if on_saved is not None:
-                on_saved(len(end.metrics))
-
+        splits = resumed_splits(run_dir, config, state, recorded, location, log, progress)
+        start_resume(run_dir, recorded, config, state, runtime, location, splits, log)
+        save = resume_saver(run_dir, on_saved)
         result = fit(
             config, splits, runtime, resume=state, on_epoch=save, log=log, progress=progress
         )
         write_run_figures(run_dir, result)
     return result
+
+
+def resume_plan(run_dir: Path, epochs: int | None):
+    """(config.json, recipe, checkpoint) of a run that can be resumed, else the refusal. A recipe
+    whose epochs are all done means that only the last epoch's files are to be restored."""
+    recorded = checkpoint.read_run_config(run_dir)
+    config = recorded_recipe(recorded, run_dir, epochs)
+    state = load_state_to_resume(run_dir)
+    if config.epochs < state.epochs_done:
+        raise ConfigError(
+            f"--epochs {config.epochs} is fewer than the {state.epochs_done} epochs already done"
+        )
+    if config.epochs == state.epochs_done and not needs_restore(run_dir, state):
+        raise ConfigError(
+            f"{run_dir} already finished its {state.epochs_done} epochs; pass --epochs N "
+            f"(more than {state.epochs_done}) to train it further"
+        )
+    return recorded, config, state
+
+
+def resumed_splits(run_dir, config, state, recorded, location, log, progress) -> DataSplits:
+    """The run's splits, checked to be the data it trained on."""
+    splits = load_splits(config, location, recorded.get("data"), log, progress)
+    if splits.folder is not None:
+        folders.check_assignment(run_dir, splits)
+    check_steps(run_dir, state, splits, config)
+    return splits
+
+
+def start_resume(run_dir, recorded, config, state, runtime, location, splits, log, job=None):
+    """Say what resumes and what differs from the run's start; record the recipe and the runtime
+    (with `job`'s entries: a torchrun job's id) that the last epochs and the test run with."""
+    log(f"Run folder: {run_dir}")
+    if splits.folder is None:
+        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+    on = f" on {runtime.world_size} processes" if runtime.world_size > 1 else ""
+    log(f"Resuming after epoch {state.epochs_done} of {config.epochs}{on}")
+    differences = runtime_differences(recorded, runtime)
+    if differences:
+        log(
+            f"Note: {'; '.join(differences)}: the result will not be bit-identical to an "
+            f"uninterrupted run"
+        )
+    recorded["train"] = config.to_json()
+    recorded["runtime"] = runtime.to_json() | (job or {})
+    write_json(run_dir / CONFIG_FILE, recorded)
+
+
+def resume_saver(run_dir: Path, on_saved: Callable[[int], None] | None = None):
+    """`fit`'s per-epoch hook for a resumed run: each epoch saved whole, signals deferred."""
+
+    def save(end: EpochEnd) -> None:
+        with runfolder.deferred_signals():
+            save_epoch(run_dir, end)
+        if on_saved is not None:
+            on_saved(len(end.metrics))
+
+    return save
 
 
 def load_state_to_resume(run_dir: Path) -> checkpoint.TrainingState:
@@ -116,6 +141,20 @@ def load_state_to_resume(run_dir: Path) -> checkpoint.TrainingState:
             f"still be evaluated, and to train it again: {restart}"
         )
     return checkpoint.load_training_state(run_dir)
+
+
+def result_from_checkpoint(run_dir: Path, recorded: dict, state) -> FitResult:
+    """A finished run's result, rebuilt from its checkpoint."""
+    _, model = checkpoint.model_from_config(recorded, run_dir / CONFIG_FILE)
+    checkpoint.load_weights(model, state.model_state, run_dir / CHECKPOINT_FILE)
+    last = state.metrics[-1]
+    return FitResult(
+        model,
+        state.metrics,
+        last.get("test_accuracy", float("nan")),
+        last.get("test_loss", float("nan")),
+        state.step_losses,
+    )
 
 
 def check_steps(run_dir: Path, state, splits: DataSplits, config: TrainConfig) -> None:
@@ -141,19 +180,10 @@ def needs_restore(run_dir: Path, state) -> bool:
 
 def restore_from_checkpoint(run_dir: Path, recorded: dict, state, log) -> FitResult:
     """Write model.safetensors, metrics.jsonl and the figures from the checkpoint."""
-    _, model = checkpoint.model_from_config(recorded, run_dir / CONFIG_FILE)
-    checkpoint.load_weights(model, state.model_state, run_dir / CHECKPOINT_FILE)
+    result = result_from_checkpoint(run_dir, recorded, state)
     with runfolder.deferred_signals():
         save_safetensors(run_dir / WEIGHTS_FILE, state.model_state)
         write_metrics(run_dir, state.metrics)
-    last = state.metrics[-1]
-    result = FitResult(
-        model,
-        state.metrics,
-        last.get("test_accuracy", float("nan")),
-        last.get("test_loss", float("nan")),
-        state.step_losses,
-    )
     write_run_figures(run_dir, result)
     log(
         f"Restored {WEIGHTS_FILE} and {METRICS_FILE} of {run_dir} from {CHECKPOINT_FILE} "

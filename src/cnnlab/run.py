@@ -212,25 +212,43 @@ def train_run(
     run_dir = Path(run_dir)
     location = as_location(data)
     splits = load_splits(config, location, log=log, progress=progress)
-    with torch.device("meta"):  # checks the model and sizes its files, allocating nothing
-        probe = create_model(config.model_config(splits.spec))
-    model_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
     recorded = run_config_json(config, runtime, location, splits)
-    with runfolder.new_run(run_dir, recorded, overwrite, 4 * model_bytes + (1 << 20)) as stage:
-        log(f"Run folder: {run_dir}")
-        if splits.folder is not None:  # splits.json and skipped.txt, swapped in with the run
-            folders.write_folder_files(stage.staging, splits, log, run_dir)
-        else:
-            log(f"Data: {location.describe()}, {describe(list(splits.files))}")
-
-        def save(end: EpochEnd) -> None:
-            stage.save(lambda folder: save_epoch(folder, end))
-            if on_saved is not None:
-                on_saved(len(end.metrics))
-
+    with runfolder.new_run(run_dir, recorded, overwrite, epoch_bytes(config, splits)) as stage:
+        save = begin_stage(stage, splits, location, log, on_saved)
         result = fit(config, splits, runtime, on_epoch=save, log=log, progress=progress)
         write_run_figures(run_dir, result)
     return result
+
+
+def epoch_bytes(config: TrainConfig, splits: DataSplits) -> int:
+    """About what an epoch's files take on disk; building the model checks it, on no device."""
+    with torch.device("meta"):  # allocates nothing
+        probe = create_model(config.model_config(splits.spec))
+    model_bytes = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    return 4 * model_bytes + (1 << 20)
+
+
+def begin_stage(
+    stage: runfolder.Stage,
+    splits: DataSplits,
+    location: DataLocation,
+    log: Callable[[str], None],
+    on_saved: Callable[[int], None] | None = None,
+) -> Callable[[EpochEnd], None]:
+    """Say where the run goes and on what data, stage a folder dataset's files, and return
+    `fit`'s per-epoch hook that saves into the stage (then the run folder)."""
+    log(f"Run folder: {stage.run_dir}")
+    if splits.folder is not None:  # splits.json and skipped.txt, swapped in with the run
+        folders.write_folder_files(stage.staging, splits, log, stage.run_dir)
+    else:
+        log(f"Data: {location.describe()}, {describe(list(splits.files))}")
+
+    def save(end: EpochEnd) -> None:
+        stage.save(lambda folder: save_epoch(folder, end))
+        if on_saved is not None:
+            on_saved(len(end.metrics))
+
+    return save
 
 
 def write_run_figures(run_dir: Path, result: FitResult) -> None:

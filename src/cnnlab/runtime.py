@@ -28,7 +28,8 @@ class Runtime:
     device: torch.device
     precision: str  # "fp32" or "bf16", never "auto"
     channels_last: bool
-    threads: int
+    threads: int  # per process
+    world_size: int = 1  # data-parallel processes (cnnlab.distributed)
 
     def to_json(self) -> dict:
         return {
@@ -37,6 +38,7 @@ class Runtime:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "threads": self.threads,
+            "world_size": self.world_size,
         }
 
 

@@ -22,6 +22,7 @@ from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models import MAX_CLASSES, ModelConfig, check_model_config
 
 MAX_THREADS = 1 << 12
+MAX_PROCESSES = 1 << 20  # data-parallel processes of a torchrun job
 MAX_TEXT = 4096  # characters of a recorded name, path or version
 METRIC_NUMBERS = (
     "loss",
@@ -208,6 +209,10 @@ def check_runtime(runtime: dict, path: Path) -> None:
         )
     if "threads" in runtime:
         need_int(runtime["threads"], 1, MAX_THREADS, path, "runtime.threads")
+    if "world_size" in runtime:
+        need_int(runtime["world_size"], 1, MAX_PROCESSES, path, "runtime.world_size")
+    if "run_id" in runtime:  # the torchrun job that created the run (cnnlab.distributed_run)
+        need_text(runtime["run_id"], path, "runtime.run_id")
     if "channels_last" in runtime:
         need(isinstance(runtime["channels_last"], bool), path, "runtime.channels_last: true/false")
     for key in ("device", "device_name"):
@@ -245,7 +250,7 @@ def check_checkpoint(header: dict, meta, expected: ExpectedCheckpoint, path: Pat
     state: dict[str, set[str]] = {}  # parameter index -> the names of its optimizer state
     for index, entries in scalars.items():
         need(
-            isinstance(entries, dict) and all(is_number(v) for v in entries.values()),
+            isinstance(entries, dict) and entries and all(is_number(v) for v in entries.values()),
             path,
             f"optimizer_scalars[{short(index)}] must map names to numbers",
         )

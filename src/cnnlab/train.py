@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from cnnlab.checkpoint import TrainingState
 from cnnlab.config import TrainConfig
 from cnnlab.data import DatasetSpec, get_dataset
-from cnnlab.data.loader import DeviceLoader
+from cnnlab.data.loader import DeviceLoader, Shard
 from cnnlab.data.preprocess import to_model_input
 from cnnlab.data.splits import DataSplits, Split
 from cnnlab.errors import TrainingError
@@ -78,12 +79,19 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (1 - warmup))) + base_lr * 1e-4
 
 
-def train_step(model, optimizer, x, y, precision: str, label_smoothing: float = 0.0):
-    """One optimisation step; returns the detached loss and the number of correct predictions."""
+def train_step(model, optimizer, x, y, precision: str, label_smoothing=0.0, mean_over=None):
+    """One optimisation step; returns the detached loss and the number of correct predictions.
+
+    The loss is the batch mean, or with `mean_over` the batch's sum divided by it (a process's
+    part of a batch shared unevenly between data-parallel processes: `DeviceLoader.mean_over`).
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x.device, precision):
         logits = model(x)  # (B, classes)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    reduction = "mean" if mean_over is None else "sum"
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction=reduction)
+    if mean_over is not None:
+        loss = loss / mean_over
     loss.backward()
     optimizer.step()
     return loss.detach(), (logits.argmax(dim=1) == y).sum()
@@ -94,6 +102,7 @@ class EpochResult:
     loss: float  # mean of the batch losses, as the tutorial prints it
     accuracy: float  # on the training batches, in train mode
     step_losses: torch.Tensor  # (steps,)
+    correct: int = 0  # the training images predicted right, whose share `accuracy` is
 
 
 def train_one_epoch(
@@ -128,7 +137,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(first_step + i, total_steps, config.lr, config.schedule)
         losses[i], batch_correct = train_step(
-            model, optimizer, x, y, runtime.precision, config.label_smoothing
+            model, optimizer, x, y, runtime.precision, config.label_smoothing, loader.mean_over(i)
         )
         correct += batch_correct
         if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == steps:
@@ -142,6 +151,7 @@ def train_one_epoch(
         loss=float(losses.mean()),
         accuracy=int(correct) / len(loader.split),
         step_losses=losses.cpu(),
+        correct=int(correct),
     )
 
 
@@ -242,6 +252,21 @@ class DeviceSplits:
         return cls(splits.train.to(device), val, splits.test.to(device))
 
 
+class Parallel(Protocol):
+    """How `fit` trains as one of several data-parallel processes (`cnnlab.distributed`)."""
+
+    shard: Shard  # this process's part of every batch
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the training steps call (DistributedDataParallel around `model`)."""
+
+    def end_epoch(self, model: torch.nn.Module, result: EpochResult, images: int) -> EpochResult:
+        """The epoch's metrics over every process; afterwards every process holds one model."""
+
+    def evaluate(self, model: torch.nn.Module, split: Split, settings: EvalSettings):
+        """Accuracy and loss on `split` (`.accuracy`, `.loss`), the same on every process."""
+
+
 def start_training(
     config: TrainConfig,
     runtime: Runtime,
@@ -277,12 +302,13 @@ def fit(
     on_epoch: Callable[[EpochEnd], None] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    parallel: Parallel | None = None,
 ) -> FitResult:
     """Train `config` on `splits`; `on_epoch` runs after each completed epoch (run.py saves there).
 
     The steps are separate functions (`start_training`, `train_one_epoch`, `evaluate`) so that
-    a distributed run can enter between them: shard the loader, reduce the counts, save on one
-    process only.
+    a distributed run can enter between them: with `parallel` the loader is sharded, the model
+    wrapped, the counts reduced; the caller saves on one process only.
     """
     spec = splits.spec or get_dataset(config.dataset)
     norm = spec.normalization(config.normalize)
@@ -299,9 +325,11 @@ def fit(
         runtime.channels_last,
         augment=augment_config(config),
         device=runtime.device,
+        shard=parallel.shard if parallel is not None else None,
     )
     total_steps = len(loader) * config.epochs
-    step_model = model
+    step_model = model if parallel is None else parallel.wrap(model)
+    score = evaluate if parallel is None else parallel.evaluate
     if config.compile:
         step_model = torch.compile(model)
         seconds = compile_warmup(step_model, model, loader, runtime)
@@ -324,15 +352,17 @@ def fit(
                 total_steps=total_steps,
                 progress=progress,
             )
+            if parallel is not None:
+                result = parallel.end_epoch(model, result, len(data.train))
             seconds = time.perf_counter() - started
             history.append(result.step_losses)
             lr = optimizer.param_groups[0]["lr"]
             record = epoch_record(epoch, result, lr, seconds, len(data.train))
             if data.val is not None:
-                val_report = evaluate(model, data.val, settings)
+                val_report = score(model, data.val, settings)
                 record |= {"val_accuracy": val_report.accuracy, "val_loss": val_report.loss}
             if epoch + 1 == config.epochs:
-                test_report = evaluate(model, data.test, settings)
+                test_report = score(model, data.test, settings)
                 record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
             metrics.append(record)
             if on_epoch is not None:
@@ -340,7 +370,7 @@ def fit(
                 on_epoch(EpochEnd(model, optimizer, metrics, step, torch.cat(history)))
             log(epoch_line(record))
         if test_report is None:  # resumed a run that had already finished all its epochs
-            test_report = evaluate(model, data.test, settings)
+            test_report = score(model, data.test, settings)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
 
 

@@ -51,6 +51,16 @@ non_negative_int = int_in(0)
 seed_int = int_in(0, MAX_SEED)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text}")
+    return value
+
+
 def setting_int(name: str):
     """The argparse type of a `TrainConfig` integer: the same range config.json is held to."""
     return int_in(*INT_LIMITS[name])

@@ -15,7 +15,7 @@ import threading
 import time
 import webbrowser
 
-from cnnlab.cli.common import int_in, path_arg
+from cnnlab.cli.common import int_in, path_arg, positive_float
 from cnnlab.errors import ConfigError
 
 SERVE_MODULES = ("fastapi", "uvicorn", "starlette", "pydantic")
@@ -51,16 +51,6 @@ def register(subparsers) -> None:
         help="largest image upload accepted, in MiB (default: 5)",
     )
     p.set_defaults(handler=run_serve)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, got {text}")
-    return value
 
 
 def require_serve_packages() -> None:

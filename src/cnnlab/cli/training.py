@@ -7,9 +7,11 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnlab import files
 from cnnlab.choices import MAX_OPTION_INT, MODEL_NAMES
+from cnnlab.cli import torchrun
 from cnnlab.cli.common import (
     Terminated,
     add_data_dir,
@@ -43,8 +45,11 @@ from cnnlab.errors import (
     shell_command,
 )
 
+if TYPE_CHECKING:
+    from cnnlab.data.sources import DataLocation
+
 D = DEFAULTS  # the defaults the help texts state
-RESUMABLE = {"epochs", "device", "precision", "data_dir", "quiet", "threads"}
+RESUMABLE = {"epochs", "device", "precision", "data_dir", "quiet", "threads", *torchrun.FLAGS}
 
 
 def register(subparsers) -> None:
@@ -136,6 +141,7 @@ def register(subparsers) -> None:
         help="no progress bar (epoch lines and the result still print)",
     )
     add_data_dir(p)
+    torchrun.add_flags(p)
     p.set_defaults(handler=run_train)
 
 
@@ -214,7 +220,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from cnnlab import checkpoint
-    from cnnlab.data.sources import DataLocation, explicit_location, locate_data
+    from cnnlab.data.sources import explicit_location
+    from cnnlab.distributed import threads_per_process, world_from_env
+    from cnnlab.distributed_run import world_size_note
     from cnnlab.resume import resume_config, resume_run
     from cnnlab.run import default_run_dir, train_run
     from cnnlab.runtime import resume_settings
@@ -223,6 +231,11 @@ def run_train(args: argparse.Namespace) -> int:
     progress = not quiet and sys.stderr.isatty()
     data_dir = getattr(args, "data_dir", None)
     resuming = "resume" in args
+    world = world_from_env()  # None unless this process is one of a torchrun job
+    torchrun.check_flags(args, world)
+    threads = getattr(args, "threads", None)
+    if threads is None and world is not None:  # the machine's cores shared by its processes
+        threads = threads_per_process(world.local_size)
     if resuming:
         extra = sorted(
             k for k in vars(args) if k not in RESUMABLE | {"resume", "handler", "command"}
@@ -232,18 +245,28 @@ def run_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flags} cannot be changed when resuming; only --epochs can")
         run_dir = args.resume
         config = resume_config(run_dir, getattr(args, "epochs", None))
+        recorded = checkpoint.read_run_config(run_dir)
         device, precision, threads = resume_settings(
-            checkpoint.read_run_config(run_dir).get("runtime", {}),
+            recorded.get("runtime", {}),
             getattr(args, "device", None),
             getattr(args, "precision", None),
-            getattr(args, "threads", None),
+            threads,
         )
     else:
         config = config_from_args(args)
         run_dir = getattr(args, "out", None) or default_run_dir(config)
         device = getattr(args, "device", config.device)
-        precision, threads = config.precision, getattr(args, "threads", None)
+        precision = config.precision
+    if "nproc" in args:
+        return torchrun.launch(args, config, run_dir)
     runtime = runtime_for(device, precision, threads)
+    if world is not None:
+        data = explicit_location(data_dir) if resuming else new_run_data(config, data_dir)
+        from cnnlab.cli.torchrun_worker import run_worker
+
+        return run_worker(args, config, world, runtime, data, progress)
+    if resuming and (note := world_size_note(recorded, 1, config.sync_bn)):
+        print(note)
     saved = 0  # the last epoch this process saved in run_dir
 
     def on_saved(epoch: int) -> None:
@@ -263,15 +286,10 @@ def run_train(args: argparse.Namespace) -> int:
             )
         else:
             overwrite = "overwrite" in args
-            data = (
-                DataLocation(Path(folder_path(config.dataset)), "--dataset")
-                if is_folder_dataset(config.dataset)
-                else locate_data(get_dataset(config.dataset), data_dir)
-            )
             result = train_run(
                 config,
                 runtime,
-                data,
+                new_run_data(config, data_dir),
                 run_dir,
                 overwrite,
                 progress=progress,
@@ -291,8 +309,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def saved_epochs(run_dir: Path, saved: int, resuming: bool) -> str:
-    """What a stopped training left in `run_dir`, and the command that continues it."""
+def new_run_data(config: TrainConfig, data_dir: Path | None) -> DataLocation:
+    """Where a new run's data is: a folder dataset's folder, else the located data root."""
+    from cnnlab.data.sources import DataLocation, locate_data
+
+    if is_folder_dataset(config.dataset):
+        return DataLocation(Path(folder_path(config.dataset)), "--dataset")
+    return locate_data(get_dataset(config.dataset), data_dir)
+
+
+def saved_epochs(run_dir: Path, saved: int, resuming: bool, nproc: int | None = None) -> str:
+    """What a stopped training left in `run_dir`, and the command that continues it (with
+    `--nproc nproc` for a job of that many processes)."""
     from cnnlab import runfiles, runfolder
 
     if resuming:  # the run's earlier epochs are there whatever this process saved
@@ -303,5 +331,6 @@ def saved_epochs(run_dir: Path, saved: int, resuming: bool) -> str:
             " The folder's previous run is unchanged." if runfolder.is_cnnlab_run(run_dir) else ""
         )
         return f"No epoch was completed, so nothing was saved.{kept}"
-    resume = shell_command("cnnlab", "train", "--resume", os.path.abspath(run_dir))
+    processes = () if nproc is None else ("--nproc", nproc)
+    resume = shell_command("cnnlab", "train", "--resume", os.path.abspath(run_dir), *processes)
     return f"Epoch {saved} is saved in {run_dir}. Resume with: {resume}"

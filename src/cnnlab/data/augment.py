@@ -97,6 +97,10 @@ class AugmentParams:
     def to(self, device) -> AugmentParams:
         return AugmentParams(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    def rows(self, lo: int, hi: int) -> AugmentParams:
+        """The draws of images `lo` to `hi` (a data-parallel process's part of the batch)."""
+        return AugmentParams(*(getattr(self, f)[lo:hi] for f in self.__dataclass_fields__))
+
 
 def sample_params(config: AugmentConfig, batch_size: int, generator: torch.Generator):
     """Draw every parameter for a batch, always in the same order, on the generator's device."""
