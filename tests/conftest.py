@@ -14,6 +14,11 @@ import pytest
 
 from cnnlab.data import DATASETS, list_datasets
 
+# One fixed thread count for every command under test, in this process and the ones it starts,
+# however busy the machine is: a command not told its count takes the CPUs that are free when it
+# starts (cnnlab.cpuload), and tests compare runs bit for bit. test_busy_machine.py tests that.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as an IDX file (magic 0x0000080N, big-endian dims, values)."""

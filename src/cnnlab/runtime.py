@@ -13,6 +13,7 @@ import ctypes.util
 import os
 import random
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab.choices import DEVICES, PRECISIONS
+from cnnlab.cpuload import free_cpus
 from cnnlab.errors import ConfigError
 
 
@@ -115,17 +117,31 @@ def keep_freed_memory() -> bool:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
-def configure_process(threads: int | None = None) -> None:
+def configure_process(
+    threads: int | None = None, log: Callable[[str], None] | None = None
+) -> int | None:
     """Change the process-wide settings a training or predicting process needs, once.
 
     The entry point (the command line, a script) calls this; importing cnnlab or resolving a
-    runtime changes nothing global. Sets the thread count when given, and glibc's allocator
-    thresholds (`keep_freed_memory`).
+    runtime changes nothing global. Sets glibc's allocator thresholds (`keep_freed_memory`) and
+    the thread count: `threads` when given; else, unless OMP_NUM_THREADS says, the CPUs that
+    other processes leave free (`cnnlab.cpuload`) when they are fewer than PyTorch's default,
+    said through `log`. Returns the thread count it set, or None.
     """
     keep_freed_memory()
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        free, cpus = free_cpus()
+        if free < torch.get_num_threads():
+            threads = free
+            if log is not None:
+                log(
+                    f"Threads: {free} of {cpus} CPUs, as other processes keep the rest busy "
+                    "(--threads N sets the count)"
+                )
     if threads is not None:
         check_threads(threads)
         torch.set_num_threads(threads)
+    return threads
 
 
 def check_threads(threads: int) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         SpeedrunReport,
         StepProfile,
     )
+    from cnnlab.bench.busy import BusyReport
 
 PROFILE_ROWS = 15
 
@@ -98,6 +99,12 @@ def add_modes(parser: argparse.ArgumentParser) -> None:
         "paired seeds (give --seeds 5) and compare test accuracy",
     )
     modes.add_argument(
+        "--busy",
+        action="store_true",
+        help="instead, measure training, evaluation and prediction alone and beside one "
+        "CPU-bound process that the benchmark starts and stops (--repeats each)",
+    )
+    modes.add_argument(
         "--predict",
         action="store_true",
         help="instead, measure prediction: `cnnlab predict` on 1 image and on a folder of "
@@ -127,6 +134,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         run_bench,
         speedrun_bench,
     )
+    from cnnlab.bench.busy import busy_bench
     from cnnlab.data.sources import load_dataset, resolve_data_root
 
     runtime = runtime_for(args.device, args.precision)
@@ -148,6 +156,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     elif args.profile:
         report = profile_step(runtime)
         print_profile(report)
+    elif args.busy:
+        report = busy_bench(root, runtime, args.steps, args.repeats)
+        print_busy(report)
     elif args.accuracy:
         report = accuracy_bench(root, runtime, args.seeds)
         print_accuracy(report)
@@ -211,6 +222,26 @@ def print_speedrun(r: SpeedrunReport) -> None:
         f"median training time {r.training_seconds_median:.2f} s"
     )
     print(f"Whole `cnnlab train --preset speedrun` process: {r.process_seconds:.1f} s")
+
+
+def print_busy(r: BusyReport) -> None:
+    free = "/".join(str(n) for n in sorted(set(r.free_threads)))
+    print_table(
+        [
+            [
+                loop.name,
+                f"{loop.quiet_rate:,.0f}",
+                f"{loop.kept(loop.busy_same_threads):.0%}",
+                f"{loop.kept(loop.busy_free_threads):.0%}",
+            ]
+            for loop in r.loops
+        ],
+        ["loop", "alone, images/s", f"busy, {r.threads} threads", f"busy, {free} (free CPUs)"],
+    )
+    print(
+        "(busy: the share of its images/s alone a loop keeps beside one CPU-bound process; "
+        f"OpenMP wait: {r.wait}; medians, the phases alternating)"
+    )
 
 
 def print_ablation(r: AblationReport) -> None:

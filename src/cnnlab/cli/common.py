@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from pathlib import Path
 
 from cnnlab.choices import DEVICES, PRECISIONS
@@ -198,5 +199,5 @@ def runtime_for(device: str, precision: str, threads: int | None = None):
     """The command's `Runtime`, after the process-wide settings are applied (once, here)."""
     from cnnlab.runtime import configure_process, resolve_runtime
 
-    configure_process(threads)
+    threads = configure_process(threads, log=lambda line: print(line, file=sys.stderr))
     return resolve_runtime(device, precision, threads)

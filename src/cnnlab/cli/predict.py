@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cnnlab.bundled import bundled_run_dir
 from cnnlab.choices import PREDICT_BATCH_SIZE
-from cnnlab.cli.common import add_device, path_arg, positive_int
+from cnnlab.cli.common import add_device, path_arg, positive_int, runtime_for
 from cnnlab.errors import ConfigError, OutputError
 
 
@@ -89,7 +89,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cnnlab.predict import Failure, collect_files, predict_files, run_classifier
-    from cnnlab.runtime import resolve_runtime
 
     if args.show is not None and args.show.suffix.lower() != ".png":
         raise ConfigError(f"--show {args.show}: figures are written as PNG; name it .png")
@@ -98,7 +97,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
         classifier = onnx_classifier(args.onnx)
     else:
-        runtime = resolve_runtime(args.device, "auto")
+        runtime = runtime_for(args.device, "auto")
         classifier = run_classifier(args.run or bundled_run_dir(), runtime, args.batch_size)
     files, problems = collect_files(args.inputs)
     for message in problems:
