@@ -32,15 +32,17 @@ def test_latency_figures_follow_from_the_call_times():
     )
 
 
-def test_engines_alternate_call_by_call():
+def test_engines_take_turns_in_blocks_each_after_an_untimed_call():
     order = []
     ticks = itertools.count()
     works = [lambda: order.append("a"), lambda: order.append("b")]
-    seconds = interleaved_calls(
-        works, 3, resolve_runtime("cpu", "fp32").device, lambda: next(ticks)
-    )
-    assert order == ["a", "b"] * 4  # one warm-up round, then three timed ones
-    assert seconds == [(1, 1, 1), (1, 1, 1)]  # each call between two consecutive clock reads
+    device = resolve_runtime("cpu", "fp32").device
+    seconds = interleaved_calls(works, 5, device, lambda: next(ticks), blocks=2)
+    assert "".join(order) == "aaaabbbb" + "aaabbb"  # blocks of 3 and 2 timed calls
+    assert seconds == [(1,) * 5, (1,) * 5]  # each timed call between two consecutive clock reads
+    order.clear()
+    assert [len(s) for s in interleaved_calls(works, 2, device, lambda: 0, blocks=10)] == [2, 2]
+    assert "".join(order) == "aabb" * 2
 
 
 def test_the_pngs_hold_the_images(tmp_path):

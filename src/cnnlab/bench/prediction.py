@@ -22,6 +22,8 @@ from cnnlab.errors import ConfigError
 from cnnlab.predict import Classifier, Failure, predict_files, run_classifier
 from cnnlab.runtime import Runtime
 
+BLOCKS = 10  # the engines take turns this many times
+
 
 @dataclass(frozen=True)
 class LatencyRuns:
@@ -89,19 +91,25 @@ def write_pngs(images: np.ndarray, folder: Path) -> list[Path]:
     return paths
 
 
-def interleaved_calls(works, calls: int, device, clock: Clock) -> list[tuple[float, ...]]:
-    """Seconds of each of `calls` rounds of every work in `works`, called in turn within each
-    round (so a noisy moment hits all of them), after one untimed warm-up round."""
-    for work in works:
-        work()
+def interleaved_calls(
+    works, calls: int, device, clock: Clock, blocks: int = BLOCKS
+) -> list[tuple[float, ...]]:
+    """Seconds of each of `calls` calls of every work in `works`, the works taking turns in
+    `blocks` blocks of calls (so drift in the machine's speed hits all alike). Each block starts
+    with one untimed call: the other engine's threads may still be spinning from its last call
+    (onnxruntime's and OpenMP's threads both spin before they sleep), which is not this
+    engine's cost."""
     seconds = [[] for _ in works]
-    for _ in range(calls):
+    for block in range(min(blocks, calls)):
+        count = calls // blocks + (block < calls % blocks) if calls >= blocks else 1
         for work, times in zip(works, seconds):
-            sync(device)
-            start = clock()
             work()
-            sync(device)
-            times.append(clock() - start)
+            for _ in range(count):
+                sync(device)
+                start = clock()
+                work()
+                sync(device)
+                times.append(clock() - start)
     return [tuple(times) for times in seconds]
 
 

@@ -172,7 +172,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_predict_bench(args: argparse.Namespace, runtime) -> int:
-    from cnnlab.bench.prediction import PredictPlan, predict_bench
+    from cnnlab.bench.prediction import BLOCKS, PredictPlan, predict_bench
     from cnnlab.bundled import bundled_run_dir
     from cnnlab.run import run_data_location
     from cnnlab.runfiles import load_run
@@ -197,8 +197,8 @@ def run_predict_bench(args: argparse.Namespace, runtime) -> int:
         ["measured", "engine", "images/s", "ms/image p50", "ms/image p99"],
     )
     print(
-        f"({args.steps} calls with 1 image, {args.repeats} with {args.images:,}, after a warm-up "
-        "call; engines alternate call by call)"
+        f"({args.steps} calls with 1 image, {args.repeats} with {args.images:,}; the engines "
+        f"take turns in {BLOCKS} blocks, each after an untimed call)"
     )
     if report.onnx_note:
         print(f"onnxruntime not measured: {report.onnx_note}")
