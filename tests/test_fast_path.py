@@ -68,6 +68,43 @@ def test_channels_last_gives_the_same_gradients():
             assert error < 1e-3, (name, channels_last, error)
 
 
+def logits_and_gradients(pool_before_relu: bool, precision: str, channels_last: bool):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig("cnn"))
+    model.pool_before_relu = pool_before_relu
+    x = torch.rand(64, 1, 28, 28)
+    x[x < 0.5] = 0  # blank pixels, as in MNIST: windows of equal values, ties for the max
+    y = torch.randint(0, 10, (64,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(CPU, precision):
+        logits = model(x).float()
+    F.cross_entropy(logits, y).backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pooling_before_relu_gives_the_same_values_and_gradients_exactly(precision, channels_last):
+    """max(relu(a), relu(b)) = relu(max(a, b)), and the gradient reaches the same element."""
+    if precision == "bf16" and not BF16:
+        pytest.skip("this CPU has no native bf16")
+    tutorial_logits, tutorial = logits_and_gradients(False, precision, channels_last)
+    fast_logits, fast = logits_and_gradients(True, precision, channels_last)
+    assert torch.equal(fast_logits, tutorial_logits)
+    for name in tutorial:
+        assert torch.equal(fast[name], tutorial[name]), name
+
+
+def test_training_pools_first_and_a_loaded_model_runs_as_the_tutorial_writes_it():
+    from cnnlab.train import build_model
+
+    runtime = resolve_runtime("cpu", "fp32", 1)
+    assert build_model(TrainConfig(), runtime).pool_before_relu
+    assert not create_model(ModelConfig("cnn")).pool_before_relu  # feature maps, predict, serve
+
+
 @pytest.mark.skipif(not BF16, reason="this CPU has no native bf16")
 def test_bf16_gradients_point_the_same_way():
     plain_loss, plain = gradients("fp32", channels_last=False)

@@ -26,7 +26,7 @@ from cnnlab.data.preprocess import to_model_input
 from cnnlab.data.splits import DataSplits, Split
 from cnnlab.errors import TrainingError
 from cnnlab.metrics import evaluate
-from cnnlab.models import create_model
+from cnnlab.models import CNN, create_model
 from cnnlab.predict import EvalSettings
 from cnnlab.runtime import Runtime, autocast, is_out_of_memory, seed_everything
 
@@ -39,6 +39,8 @@ def build_model(
     """The recipe's untrained model for `spec`'s input and classes (default: the recipe's
     built-in dataset) on the runtime's device, in the runtime's memory layout."""
     model = create_model(config.model_config(spec)).to(runtime.device)
+    if isinstance(model, CNN):  # the same values and gradients, faster (see CNN)
+        model.pool_before_relu = True
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
