@@ -10,8 +10,6 @@ the problem instead of a bare exception from deep inside a reader.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +71,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
     its size before the values are read: a FIFO, a device or a huge file is refused at once.
     """
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise DataError(f"{path}: expected an IDX file, found a folder")
-    size = require_regular_file(path, DataError, MAX_IDX_BYTES)
+    size = require_regular_file(path, DataError, MAX_IDX_BYTES, what="an IDX file")
     try:
         with open(path, "rb") as f:
             dims, header_size = idx_layout(f.read(4 + 4 * MAX_DIMS), size, str(path))
