@@ -94,6 +94,35 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def restore_threads():
+    """Commands under test set the thread count (`--threads 1` on tiny batches); undo it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def failing_download(monkeypatch) -> list:
+    """torchvision's download fails as it does offline; returns the roots it was asked for."""
+    import urllib.error
+
+    import torchvision.datasets.utils
+
+    calls: list = []
+
+    def download(url, download_root, **kwargs):
+        root = Path(download_root).parent.parent  # download_root is ROOT/<Name>/raw
+        if root not in calls:
+            calls.append(root)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
+    return calls
+
+
+@pytest.fixture(autouse=True)
 def _no_ambient_data_root(monkeypatch, tmp_path):
     """Commands under test never fall back to the user's real cache folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -71,14 +71,7 @@ def test_a_cpu_busy_half_the_time_counts_as_busy(monkeypatch, others, free):
     assert free_cpus(busy=lambda c: others) == (free, 2)
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_a_command_takes_the_free_cpus_and_says_so(monkeypatch, restore_threads):
+def test_a_command_takes_the_free_cpus_and_says_so(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime, "free_cpus", lambda: (1, 2))
     monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
@@ -91,7 +84,7 @@ def test_a_command_takes_the_free_cpus_and_says_so(monkeypatch, restore_threads)
     ]
 
 
-def test_given_threads_or_omp_num_threads_are_kept(monkeypatch, restore_threads):
+def test_given_threads_or_omp_num_threads_are_kept(monkeypatch):
     monkeypatch.setattr(runtime, "free_cpus", lambda: (1, 2))
     monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

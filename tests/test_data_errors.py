@@ -8,7 +8,6 @@ fails any test that would reach the network.
 from __future__ import annotations
 
 import socket
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,6 @@ ALL_FILES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """The runs below use `--threads 1` (tiny batches on a shared machine); undo it afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def network_attempts(monkeypatch) -> list:
     """Refuse every connection and DNS lookup, and record the attempts."""
@@ -53,21 +44,6 @@ def network_attempts(monkeypatch) -> list:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return attempts
-
-
-@pytest.fixture
-def failing_download(monkeypatch) -> list:
-    """torchvision's download fails as it does offline; returns the roots it was asked for."""
-    calls: list = []
-
-    def download(url, download_root, **kwargs):
-        root = Path(download_root).parent.parent  # download_root is ROOT/<Name>/raw
-        if root not in calls:
-            calls.append(root)
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
-    return calls
 
 
 def train(root: Path, out: Path, *extra: str) -> int:

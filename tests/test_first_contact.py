@@ -10,12 +10,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import urllib.error
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision.datasets.utils
 
 from cnnlab.cli import main
 from cnnlab.data import get_dataset, sources
@@ -28,25 +25,6 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_download(monkeypatch) -> list:
-    calls: list = []
-
-    def download(url, download_root, **kwargs):
-        calls.append(url)
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", download)
-    return calls
 
 
 @pytest.fixture
@@ -81,13 +59,13 @@ def test_search_order(tmp_path, fresh_machine):
 
 
 def test_train_with_nothing_given_uses_the_packaged_copy(
-    tmp_path, capsys, fresh_machine, no_download
+    tmp_path, capsys, fresh_machine, failing_download
 ):
     out = tmp_path / "run"
     argv = ["train", "--out", str(out), "--epochs", "1", "--threads", "1"]
     assert main([*argv, "--train-subset", "256", "--test-subset", "100"]) == 0
     stdout = capsys.readouterr().out
-    assert no_download == []
+    assert failing_download == []
     assert f"Data: {PACKAGED_ROOT} (packaged copy), the official files, checksums" in stdout
     assert "Test accuracy: " in stdout
     data = json.loads((out / "config.json").read_text())["data"]
@@ -96,13 +74,13 @@ def test_train_with_nothing_given_uses_the_packaged_copy(
 
 
 def test_an_explicit_data_dir_is_never_skipped_for_the_packaged_copy(
-    tmp_path, capsys, fresh_machine, no_download
+    tmp_path, capsys, fresh_machine, failing_download
 ):
     missing = tmp_path / "not-here"
     argv = ["train", "--data-dir", str(missing), "--out", str(tmp_path / "run"), "--epochs", "1"]
     assert main(argv) == 1
     assert f"mnist is not in {missing / 'MNIST' / 'raw'}" in one_error_line(capsys)
-    assert no_download, "the explicit folder was tried (download into it), not skipped"
+    assert failing_download, "the explicit folder was tried (download into it), not skipped"
 
 
 def damaged_packaged_copy(tmp_path: Path, monkeypatch) -> Path:
