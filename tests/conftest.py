@@ -104,6 +104,14 @@ def restore_threads():
 
 
 @pytest.fixture
+def no_run_figures(monkeypatch):
+    """Runs write no loss.png or filters.png (drawn and tested elsewhere): faster tests."""
+    import cnnlab.run
+
+    monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
+
+
+@pytest.fixture
 def failing_download(monkeypatch) -> list:
     """torchvision's download fails as it does offline; returns the roots it was asked for."""
     import urllib.error

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torchvision.datasets.utils
 
-import cnnlab.run
 from cnnlab.cli import main
 from cnnlab.data import get_dataset
 from cnnlab.data.cifar import FOLDER
@@ -21,12 +20,7 @@ from tests.test_data_cifar import CLASSES, write_cifar
 FAST = ["--epochs", "1", "--batch-size", "16", "--quiet", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _threads_and_no_figures(monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_run_figures")
 
 
 def test_registry_spec_of_cifar10():

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import cnnlab.run
 from cnnlab.checkpoint import METRICS_FILE
 from cnnlab.cli import main
 from cnnlab.config import TrainConfig
@@ -27,13 +26,7 @@ CLASSES = ("apple", "banana", "cherry")
 FAST = ["--epochs", "1", "--batch-size", "16", "--quiet", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _threads_and_no_figures(monkeypatch):
-    """One thread for tiny batches; no loss.png/filters.png (drawn and tested elsewhere)."""
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_run_figures")
 
 
 def write_class_folder(root: Path, counts: dict[str, int], size=(12, 12), colour=False, seed=0):
