@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import cnnlab.run
 from cnnlab.cli import main
 from cnnlab.data.augment import augment_batch, get_augment_preset
 from cnnlab.data.loader import AUGMENT_STREAM, DeviceLoader
@@ -16,13 +15,7 @@ from cnnlab.data.splits import Split
 from cnnlab.runfiles import read_metrics
 from tests.conftest import strip_timing
 
-
-@pytest.fixture(autouse=True)
-def _threads_and_no_figures(monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_run_figures")
 
 
 def split(n=40, shape=(3, 12, 12), seed=0) -> Split:

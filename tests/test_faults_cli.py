@@ -26,14 +26,6 @@ SMALL += ["--threads", "1"]  # tiny batches run faster on one thread of a shared
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
-    """The runs below use `--threads 1` (tiny batches on a shared machine); undo it afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def _no_figures(monkeypatch):
     """Skip loss.png and filters.png: drawing them is most of a small run's time, and no fault
     tested here involves them (viz and atomic writes are tested on their own)."""

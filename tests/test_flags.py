@@ -15,20 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnlab.cli import build_parser, main
 from cnnlab.cli.common import path_arg
 from cnnlab.config import MAX_SEED
 from cnnlab.runtime import available_cpus
 from tests.conftest import one_error_line
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def typed_actions(parser=None, command=()):

@@ -30,13 +30,6 @@ from tests.conftest import one_error_line, write_fake_dataset
 SMALL = ["--epochs", "1", "--train-subset", "64", "--test-subset", "32", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def run(fake_root, tmp_path) -> Path:
     out = tmp_path / "run"

@@ -32,13 +32,6 @@ ERRORS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_what_counts_as_out_of_memory():
     assert all(is_out_of_memory(make()) for make in ERRORS.values())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

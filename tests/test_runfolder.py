@@ -36,13 +36,6 @@ SMALL += ["--threads", "1", "--model", "mlp", "--hidden", "8"]
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def _no_figures(monkeypatch):
     """Skip loss.png and filters.png (most of a small run's time; not what is tested here)."""
     monkeypatch.setattr(cnnlab.run, "write_run_figures", lambda run_dir, result: None)
