@@ -7,6 +7,7 @@ saying why, when CNNLAB_DATA is not set (CI sets it).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,31 @@ def restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data root, run folder): a tiny MLP trained one epoch on 64 synthetic images, once per
+    module, for tests that take run folders apart (use `run_copy` to change one)."""
+    import torch
+
+    from cnnlab.cli import main
+
+    base = tmp_path_factory.mktemp("trained")
+    root = write_fake_dataset(base / "data", "mnist", n_train=64, n_test=16)
+    run = base / "run"
+    threads = torch.get_num_threads()
+    argv = ["train", "--data-dir", str(root), "--out", str(run), "--epochs", "1", "--quiet"]
+    argv += ["--model", "mlp", "--hidden", "8", "--batch-size", "32", "--threads", "1"]
+    assert main(argv) == 0
+    torch.set_num_threads(threads)
+    return root, run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path) -> Path:
+    """A copy of the `trained` run folder for one test to change."""
+    return Path(shutil.copytree(trained[1], tmp_path / "run"))
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cnnlab.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from cnnlab.cli import main
@@ -42,23 +40,6 @@ def within(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("bounded")
-    root = write_fake_dataset(base / "data", "mnist", n_train=64, n_test=16)
-    run = base / "run"
-    threads = torch.get_num_threads()
-    argv = ["train", "--data-dir", str(root), "--out", str(run), "--epochs", "1", "--quiet"]
-    assert main([*argv, "--model", "mlp", "--hidden", "8", "--threads", "1"]) == 0
-    torch.set_num_threads(threads)
-    return root, run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained[1], tmp_path / "run"))
 
 
 def zero_device(path: Path) -> None:

@@ -27,30 +27,13 @@ from cnnlab.files import load_safetensors, save_safetensors
 from cnnlab.runfiles import load_run
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import start_training
-from tests.conftest import one_error_line, write_fake_dataset
+from tests.conftest import one_error_line
 
 PROPERTY = settings(
     max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("schema")
-    root = write_fake_dataset(base / "data", "mnist", n_train=64, n_test=16)
-    run = base / "run"
-    threads = torch.get_num_threads()
-    argv = ["train", "--data-dir", str(root), "--out", str(run), "--epochs", "1", "--quiet"]
-    assert main([*argv, "--model", "mlp", "--hidden", "8", "--batch-size", "32"]) == 0
-    torch.set_num_threads(threads)
-    return root, run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained[1], tmp_path / "run"))
 
 
 def paths_in(value, prefix=()) -> list[tuple]:
