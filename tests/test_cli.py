@@ -147,7 +147,15 @@ def test_datasets_and_models_listings(fake_root, capsys):
     assert re.search(r"^mlp\s+101,770\s", out, re.M)
 
 
-BENCH_MODES = ("--speedrun", "--ablation", "--profile", "--accuracy", "--predict", "--busy")
+BENCH_MODES = (
+    "--speedrun",
+    "--ablation",
+    "--profile",
+    "--accuracy",
+    "--predict",
+    "--busy",
+    "--floors",
+)
 
 
 @pytest.mark.parametrize("first,second", list(itertools.combinations(BENCH_MODES, 2)))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StepProfile,
     )
     from cnnlab.bench.busy import BusyReport
+    from cnnlab.bench.floors import Floors
 
 PROFILE_ROWS = 15
 
@@ -99,6 +100,12 @@ def add_modes(parser: argparse.ArgumentParser) -> None:
         "paired seeds (give --seeds 5) and compare test accuracy",
     )
     modes.add_argument(
+        "--floors",
+        action="store_true",
+        help="instead, work out a training step's compute floor and memory floor from this "
+        "machine's measured convolution rate and copy bandwidth, against the measured step",
+    )
+    modes.add_argument(
         "--busy",
         action="store_true",
         help="instead, measure training, evaluation and prediction alone and beside one "
@@ -135,6 +142,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         speedrun_bench,
     )
     from cnnlab.bench.busy import busy_bench
+    from cnnlab.bench.floors import step_floors
     from cnnlab.data.sources import load_dataset, resolve_data_root
 
     runtime = runtime_for(args.device, args.precision)
@@ -156,6 +164,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     elif args.profile:
         report = profile_step(runtime)
         print_profile(report)
+    elif args.floors:
+        report = step_floors(root, runtime, args.steps, args.repeats)
+        print_floors(report)
     elif args.busy:
         report = busy_bench(root, runtime, args.steps, args.repeats)
         print_busy(report)
@@ -222,6 +233,30 @@ def print_speedrun(r: SpeedrunReport) -> None:
         f"median training time {r.training_seconds_median:.2f} s"
     )
     print(f"Whole `cnnlab train --preset speedrun` process: {r.process_seconds:.1f} s")
+
+
+def print_floors(r: Floors) -> None:
+    print_table(
+        [
+            [layer.name, layer.kind, f"{layer.forward / 1e6:.2f}", f"{layer.backward / 1e6:.2f}"]
+            for layer in r.layers
+        ],
+        ["layer", "kind", "forward MB", "backward MB"],
+    )
+    print(
+        f"Per step of batch {r.batch} ({r.precision}): {r.bytes_per_step / 1e6:.1f} MB moved, "
+        f"{r.train_flops / 1e9:.2f} GFLOP"
+    )
+    print(
+        f"compute floor: {r.compute_ms:.2f} ms at {r.conv_gflops:.0f} GFLOP/s (conv2's shape); "
+        f"memory floor: {r.memory_ms:.2f} ms at {r.copy_gbytes_per_s:.1f} GB/s (copying "
+        f"{r.copy_buffer_bytes / 1e6:.1f} MB buffers)"
+    )
+    print(
+        f"measured: {r.measured_ms:.2f} ms per step ({r.measured_images_per_second:,.0f} "
+        f"images/s); the {r.binding} floor binds; the step runs at {r.fraction_of_floor:.0%} of "
+        "it (see --profile for where the rest goes)"
+    )
 
 
 def print_busy(r: BusyReport) -> None:
