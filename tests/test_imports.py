@@ -39,6 +39,8 @@ def test_lazy_names_resolve_to_the_library_objects():
 
     assert cnnlab.evaluate is evaluate and cnnlab.create_model is create_model
     assert set(cnnlab.__all__) <= set(dir(cnnlab))
+    for name in cnnlab.__all__:  # every name the README's library example may use
+        assert getattr(cnnlab, name).__name__ == name
 
 
 HEAVY = ("torch", "numpy", "matplotlib", "PIL", "safetensors", "tqdm", "fastapi")

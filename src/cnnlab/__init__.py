@@ -37,7 +37,7 @@ _EXPORTS = {
     "create_model": "cnnlab.models",
     "list_models": "cnnlab.models",
     "register_model": "cnnlab.models",
-    "load_run": "cnnlab.run",
+    "load_run": "cnnlab.runfiles",
     "configure_process": "cnnlab.runtime",
     "resolve_runtime": "cnnlab.runtime",
     "seed_everything": "cnnlab.runtime",
