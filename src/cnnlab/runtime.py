@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cnnlab.choices import DEVICES, PRECISIONS
-from cnnlab.cpuload import free_cpus
+from cnnlab.cpuload import allowed_cpus, free_cpus
 from cnnlab.errors import ConfigError
 
 
@@ -157,9 +157,7 @@ def check_threads(threads: int) -> None:
 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(len(os.sched_getaffinity(0)), 1)
-    return os.cpu_count() or 1
+    return max(len(allowed_cpus()), 1)
 
 
 def resume_settings(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.bench.timing import Clock, sync
+from cnnlab.bench.timing import Clock, timed
 from cnnlab.errors import ConfigError
 from cnnlab.predict import Classifier, Failure, predict_files, run_classifier
 from cnnlab.runtime import Runtime
@@ -104,12 +104,7 @@ def interleaved_calls(
         count = calls // blocks + (block < calls % blocks) if calls >= blocks else 1
         for work, times in zip(works, seconds):
             work()
-            for _ in range(count):
-                sync(device)
-                start = clock()
-                work()
-                sync(device)
-                times.append(clock() - start)
+            times += [timed(work, device, clock)[1] for _ in range(count)]
     return [tuple(times) for times in seconds]
 
 
