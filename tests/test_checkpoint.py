@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,6 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     assert main([*argv, "--train-subset", "64", "--test-subset", "32", "--threads", "1"]) == 0
     torch.set_num_threads(threads)
     return root, run
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained[1], tmp_path / "run"))
 
 
 @pytest.fixture

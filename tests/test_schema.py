@@ -198,15 +198,12 @@ def test_any_edit_of_checkpoint_metadata_is_a_checkpoint_error_or_resumes(traine
 
 
 @pytest.mark.parametrize("entry", [{}, {"step": 1.0}])
-def test_optimizer_scalars_for_no_parameter_are_refused(trained, tmp_path, entry):
-    _, source = trained
-    run = tmp_path / "run"
-    shutil.copytree(source, run)
-    tensors, meta = load_safetensors(source / CHECKPOINT_FILE)
+def test_optimizer_scalars_for_no_parameter_are_refused(run_copy, entry):
+    tensors, meta = load_safetensors(run_copy / CHECKPOINT_FILE)
     meta["optimizer_scalars"] = {"unexpected": entry}
-    save_safetensors(run / CHECKPOINT_FILE, tensors, meta)
+    save_safetensors(run_copy / CHECKPOINT_FILE, tensors, meta)
     with pytest.raises(CheckpointError, match="unexpected"):
-        load_training_state(run)
+        load_training_state(run_copy)
 
 
 TENSOR_EDITS = st.sampled_from(["float64", "int64", "bfloat16", "uint8", "flatten", "scalar"])
