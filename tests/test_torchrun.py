@@ -173,7 +173,10 @@ def test_nproc_is_the_torchrun_command_and_a_killed_worker_restarts_exactly(
     assert stdout.startswith("torchrun --standalone --nproc-per-node 2 --max-restarts 1 -m cnnlab")
     assert "torchrun restarted the job (restart 1); it resumes its own run" in stdout
     assert "Resuming after epoch 1 of 3 on 2 processes" in stdout
-    assert "lost contact with another training process" in stderr
+    # torchrun names the killed worker. Rank 0 adds "lost contact ..." only when its collective
+    # fails before torchrun stops it: a race, lost once in about ten runs on a 2-core machine.
+    assert "failed (exitcode: -9) local_rank: 1" in stderr
+    assert "Traceback" not in stderr
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2, 3]
     assert strip_timing(read_metrics(out)) == strip_timing(read_metrics(reference))
     assert_same_weights(weights(out), weights(reference))  # 2 -> 2 processes: bit for bit
