@@ -7,12 +7,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from cnnlab.bench import BenchReport, InferenceRate, LoopRuns
+from cnnlab.bench.accuracy import time_line_phases
 from cnnlab.cli import main
 from cnnlab.cli.bench import print_report
 from cnnlab.runfiles import read_metrics
@@ -38,8 +40,11 @@ def test_train_prints_the_tutorial_lines_and_writes_the_run(trained):
     assert re.fullmatch(r"Epoch 1: loss=\d\.\d{4}\b.*", lines[2])
     assert re.fullmatch(r"Epoch 2: loss=\d\.\d{4}\b.*val_acc=.*", lines[3])
     assert re.fullmatch(r"Test accuracy: \d\.\d{3}", lines[4])
-    assert lines[-2] == f"Evaluate: cnnlab eval {run}"
-    assert lines[-1].startswith(f"Train further: cnnlab train --resume {run} --epochs ")
+    assert lines[-3] == f"Evaluate: cnnlab eval {run}"
+    assert lines[-2].startswith(f"Train further: cnnlab train --resume {run} --epochs ")
+    assert re.fullmatch(
+        r"Time: [\d.]+ s in all: start-up [\d.]+ s, data .*, other [\d.]+ s", lines[-1]
+    )
     for name in ("config.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors"):
         assert (run / name).is_file(), name
     for name in ("loss.png", "filters.png"):
@@ -205,9 +210,18 @@ def test_subprocess_smoke(fake_root, tmp_path):
     """The installed entry point, as a user runs it: python -m cnnlab train, then eval."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "cnnlab", "train", "--data-dir", str(fake_root), "--epochs", "1"]
+    started = time.perf_counter()
     done = subprocess.run(cmd + ["--out", str(run)], capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     assert "Epoch 1: loss=" in done.stdout and "Test accuracy: " in done.stdout
+    # the Time line accounts for the process as this test's clock saw it
+    total = float(re.search(r"Time: ([\d.]+) s in all", done.stdout)[1])
+    phases = time_line_phases(done.stdout)
+    assert list(phases)[:4] == ["start-up", "data", "setup", "training"] and "other" in phases
+    assert abs(sum(phases.values()) - total) <= 0.1 * len(phases)  # each rounded to 0.1 s
+    assert total <= wall + 0.05 and total >= 0.5 * wall, (total, wall)
+    assert phases["training"] == pytest.approx(read_metrics(run)[0]["seconds"], abs=0.06)
     assert "it/s" not in done.stderr and "batch/s" not in done.stderr  # no bar off a terminal
     cmd = [sys.executable, "-m", "cnnlab", "eval", str(run), "--data-dir", str(fake_root)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

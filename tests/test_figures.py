@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.utils import make_grid
 
 from cnnlab.cli import main
 from cnnlab.data import get_dataset
@@ -20,6 +21,7 @@ from cnnlab.models import ModelConfig, conv_layer_names, create_model, list_mode
 from cnnlab.predict import EvalSettings, predict_logits
 from cnnlab.runfiles import load_run
 from cnnlab.teach.featuremaps import block_outputs, capture_feature_maps
+from cnnlab.viz.training import filter_grid
 from cnnlab.viz.tutorial import feature_maps_figure, sample_grid, stage_mosaic
 from tests.conftest import write_fake_dataset
 
@@ -161,6 +163,31 @@ def test_stage_mosaic_scales_each_map_to_its_own_range():
     second = mosaic[1:4, 5:8]
     assert float(second.min()) == 0.0 and float(second.max()) == 1.0
     assert torch.isnan(mosaic[0]).all()  # the gap is drawn as background
+
+
+def test_filter_grid_shows_each_filter_scaled_to_its_own_range_and_numbered():
+    torch.manual_seed(0)
+    weight = torch.randn(12, 3, 5, 5)
+    weight[4] = 2.5  # a constant filter: drawn mid-grey, not divided by zero
+    fig = filter_grid(weight, "Learned filters, conv1")
+    (ax,) = fig.axes
+    mosaic = torch.from_numpy(ax.images[0].get_array().filled(float("nan")))
+    means = weight.mean(dim=1)
+    reference = make_grid(means[:, None], normalize=True, scale_each=True)[0]  # torchvision's
+    tiles = []
+    for text, i in zip(ax.texts, range(12)):
+        assert text.get_text() == str(i)
+        column, row = round(text.get_position()[0] - 2), round(text.get_position()[1] + 0.6)
+        tiles.append(mosaic[row : row + 5, column : column + 5])
+    assert len(ax.texts) == 12
+    for i, tile in enumerate(tiles):
+        if i == 4:
+            assert torch.equal(tile, torch.full((5, 5), 0.5))
+            continue
+        expected = reference[2 + i // 8 * 7 : 7 + i // 8 * 7, 2 + i % 8 * 7 : 7 + i % 8 * 7]
+        assert torch.allclose(tile.float(), expected, atol=1e-6), i
+    assert int(torch.isnan(mosaic).logical_not().sum()) == 12 * 25  # the rest is white gap
+    assert fig._suptitle.get_text() == "Learned filters, conv1"
 
 
 # --- featuremaps: the command -----------------------------------------------------------------

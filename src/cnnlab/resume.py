@@ -21,6 +21,7 @@ from cnnlab.data.sources import DataLocation
 from cnnlab.data.splits import DataSplits
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.files import save_safetensors, write_json
+from cnnlab.phases import Phases
 from cnnlab.run import as_location, load_splits, run_data_location, save_epoch, write_run_figures
 from cnnlab.runfiles import not_started_message, read_metrics, restart_command, write_metrics
 from cnnlab.runtime import Runtime, runtime_differences
@@ -49,26 +50,31 @@ def resume_run(
     log: Callable[[str], None] = print,
     progress: bool = False,
     on_saved: Callable[[int], None] | None = None,
+    phases: Phases | None = None,
 ) -> FitResult:
     """Continue `run_dir` from its last completed epoch (to `epochs` in all, if given), on the
     data it was trained with: `data`, else the root it recorded (the files' fingerprint is checked).
+    `phases` gets where the seconds went, as for `cnnlab.run.train_run`.
 
     The run folder is locked first. A finished run whose weights or metrics were not all
     written (a full disk, a kill) gets them back from its checkpoint and is not trained.
     """
+    phases = phases if phases is not None else Phases()
     run_dir = Path(run_dir)
     with runfolder.locked_run(run_dir):
         recorded, config, state = resume_plan(run_dir, epochs)
         if config.epochs == state.epochs_done:
             return restore_from_checkpoint(run_dir, recorded, state, log)
-        location = as_location(data) if data is not None else run_data_location(recorded, log=log)
-        splits = resumed_splits(run_dir, config, state, recorded, location, log, progress)
+        with phases("data"):
+            location = (
+                as_location(data) if data is not None else run_data_location(recorded, log=log)
+            )
+            splits = resumed_splits(run_dir, config, state, recorded, location, log, progress)
         start_resume(run_dir, recorded, config, state, runtime, location, splits, log)
         save = resume_saver(run_dir, on_saved)
-        result = fit(
-            config, splits, runtime, resume=state, on_epoch=save, log=log, progress=progress
-        )
-        write_run_figures(run_dir, result)
+        result = fit(config, splits, runtime, state, save, log, progress, phases=phases)
+        with phases("figures"):
+            write_run_figures(run_dir, result)
     return result
 
 

@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import platform
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from cnnlab.data.sources import (
 )
 from cnnlab.data.splits import DataSplits, make_splits
 from cnnlab.models import conv_layer_names, create_model
+from cnnlab.phases import Phases
 from cnnlab.runfiles import (
     VAL_SPLIT_SEED,
     run_dataset_name,
@@ -166,8 +168,6 @@ def run_config_json(
 
     `splits` are the run's (their spec is the dataset resolved where the run started).
     """
-    import torchvision
-
     spec = splits.spec if splits is not None and splits.spec else get_dataset(config.dataset)
     dataset = folders.dataset_json(splits) if spec.kind == "folder" else spec.to_json()
     location = as_location(location)
@@ -185,11 +185,19 @@ def run_config_json(
         "versions": {
             "cnnlab": __version__,
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": package_version("torchvision"),  # importing it takes seconds
             "python": platform.python_version(),
         },
         "created": dt.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def package_version(name: str) -> str:
+    """An installed package's version, read from its metadata without importing it."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def train_run(
@@ -201,22 +209,29 @@ def train_run(
     log: Callable[[str], None] = print,
     progress: bool = False,
     on_saved: Callable[[int], None] | None = None,
+    phases: Phases | None = None,
 ) -> FitResult:
-    """Train a new run into `run_dir` and write every run file.
+    """Train a new run into `run_dir` and write every run file; `phases` gets where the seconds
+    went (data, setup, training, evaluation, saving, figures).
 
     Everything that can be checked is checked before the folder is touched: the data, the
     model's size, the folder, the free space. The run trains in a staging folder and replaces
     the folder's previous run only once its first epoch is saved (`cnnlab.runfolder`).
     `on_saved(n)` is called each time this run's epoch `n` is saved in `run_dir`.
     """
+    phases = phases if phases is not None else Phases()
     run_dir = Path(run_dir)
     location = as_location(data)
-    splits = load_splits(config, location, log=log, progress=progress)
-    recorded = run_config_json(config, runtime, location, splits)
+    with phases("data"):
+        splits = load_splits(config, location, log=log, progress=progress)
+        recorded = run_config_json(config, runtime, location, splits)
     with runfolder.new_run(run_dir, recorded, overwrite, epoch_bytes(config, splits)) as stage:
         save = begin_stage(stage, splits, location, log, on_saved)
-        result = fit(config, splits, runtime, on_epoch=save, log=log, progress=progress)
-        write_run_figures(run_dir, result)
+        result = fit(
+            config, splits, runtime, on_epoch=save, log=log, progress=progress, phases=phases
+        )
+        with phases("figures"):
+            write_run_figures(run_dir, result)
     return result
 
 

@@ -14,7 +14,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 
 from cnnlab.choices import DEVICES, PRECISIONS
 from cnnlab.cpuload import allowed_cpus, free_cpus
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -248,3 +248,19 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"{os.cpu_count()}-core CPU"
     return device.type
+
+
+@contextmanager
+def out_of_memory_hint(device: torch.device, batch_size: int):
+    """Turn an out-of-memory error of training (the accelerator's, or a CPU allocation that
+    failed) into one line that suggests a smaller training batch. Evaluation halves its own
+    batch instead (`cnnlab.predict`)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+            raise
+        raise TrainingError(
+            f"out of memory on {device} at batch size {batch_size}; "
+            f"try a smaller --batch-size, such as {max(batch_size // 2, 1)}"
+        ) from None

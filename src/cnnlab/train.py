@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,8 +26,9 @@ from cnnlab.data.splits import DataSplits, Split
 from cnnlab.errors import TrainingError
 from cnnlab.metrics import evaluate
 from cnnlab.models import CNN, create_model
+from cnnlab.phases import Phases
 from cnnlab.predict import EvalSettings
-from cnnlab.runtime import Runtime, autocast, is_out_of_memory, seed_everything
+from cnnlab.runtime import Runtime, autocast, out_of_memory_hint, seed_everything
 
 FINITE_CHECK_EVERY = 50  # steps between checks for a non-finite loss
 
@@ -167,22 +167,6 @@ def check_finite(losses: torch.Tensor, epoch: int, offset: int) -> None:
         )
 
 
-@contextmanager
-def out_of_memory_hint(device: torch.device, batch_size: int):
-    """Turn an out-of-memory error of training (the accelerator's, or a CPU allocation that
-    failed) into one line that suggests a smaller training batch. Evaluation halves its own
-    batch instead (`cnnlab.predict`)."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as err:
-        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
-            raise
-        raise TrainingError(
-            f"out of memory on {device} at batch size {batch_size}; "
-            f"try a smaller --batch-size, such as {max(batch_size // 2, 1)}"
-        ) from None
-
-
 def restore(model, optimizer, state: TrainingState) -> None:
     """Load weights, optimizer state and RNG state for an exact resume.
 
@@ -305,19 +289,23 @@ def fit(
     log: Callable[[str], None] = print,
     progress: bool = False,
     parallel: Parallel | None = None,
+    phases: Phases | None = None,
 ) -> FitResult:
     """Train `config` on `splits`; `on_epoch` runs after each completed epoch (run.py saves there).
 
     The steps are separate functions (`start_training`, `train_one_epoch`, `evaluate`) so that
     a distributed run can enter between them: with `parallel` the loader is sharded, the model
-    wrapped, the counts reduced; the caller saves on one process only.
+    wrapped, the counts reduced; the caller saves on one process only. `phases` gets the
+    seconds spent in setup, training, evaluation and saving.
     """
+    phases = phases if phases is not None else Phases()
     spec = splits.spec or get_dataset(config.dataset)
     norm = spec.normalization(config.normalize)
-    model, optimizer, start_epoch = start_training(config, runtime, resume, spec)
+    with phases("setup"):
+        model, optimizer, start_epoch = start_training(config, runtime, resume, spec)
+        data = DeviceSplits.of(splits, runtime.device)
     metrics = list(resume.metrics) if resume else []
     history = [resume.step_losses] if resume else [torch.zeros(0)]
-    data = DeviceSplits.of(splits, runtime.device)
     loader = DeviceLoader(
         data.train,
         config.batch_size,
@@ -357,22 +345,26 @@ def fit(
             if parallel is not None:
                 result = parallel.end_epoch(model, result, len(data.train))
             seconds = time.perf_counter() - started
+            phases.add("training", seconds)
             history.append(result.step_losses)
             lr = optimizer.param_groups[0]["lr"]
             record = epoch_record(epoch, result, lr, seconds, len(data.train))
-            if data.val is not None:
-                val_report = score(model, data.val, settings)
-                record |= {"val_accuracy": val_report.accuracy, "val_loss": val_report.loss}
-            if epoch + 1 == config.epochs:
-                test_report = score(model, data.test, settings)
-                record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
+            with phases("evaluation"):
+                if data.val is not None:
+                    val_report = score(model, data.val, settings)
+                    record |= {"val_accuracy": val_report.accuracy, "val_loss": val_report.loss}
+                if epoch + 1 == config.epochs:
+                    test_report = score(model, data.test, settings)
+                    record |= {"test_accuracy": test_report.accuracy, "test_loss": test_report.loss}
             metrics.append(record)
             if on_epoch is not None:
                 step = (epoch + 1) * len(loader)
-                on_epoch(EpochEnd(model, optimizer, metrics, step, torch.cat(history)))
+                with phases("saving"):
+                    on_epoch(EpochEnd(model, optimizer, metrics, step, torch.cat(history)))
             log(epoch_line(record))
         if test_report is None:  # resumed a run that had already finished all its epochs
-            test_report = score(model, data.test, settings)
+            with phases("evaluation"):
+                test_report = score(model, data.test, settings)
     return FitResult(model, metrics, test_report.accuracy, test_report.loss, torch.cat(history))
 
 

@@ -30,6 +30,7 @@ class SpeedrunReport:
     test_accuracies: tuple[float, ...]  # seed 0, 1, ...
     training_seconds: tuple[float, ...]
     process_seconds: float  # one whole `cnnlab train --preset speedrun`, start to exit
+    process_phases: dict[str, float]  # where that process said its seconds went
 
     @property
     def seeds(self) -> list[int]:
@@ -57,6 +58,7 @@ class SpeedrunReport:
             "training_seconds": list(self.training_seconds),
             "training_seconds_median": self.training_seconds_median,
             "process_seconds": self.process_seconds,
+            "process_phases": self.process_phases,
         }
 
 
@@ -83,7 +85,17 @@ def speedrun_bench(
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise TrainingError(f"the timed `cnnlab train --preset speedrun` process failed: {last}")
-    return SpeedrunReport(config, tuple(accuracies), tuple(seconds), process_seconds)
+    phases = time_line_phases(done.stdout)
+    return SpeedrunReport(config, tuple(accuracies), tuple(seconds), process_seconds, phases)
+
+
+def time_line_phases(output: str) -> dict[str, float]:
+    """The phases of `cnnlab train`'s last line, `Time: 13.6 s in all: start-up 2.7 s, ...`."""
+    lines = [line for line in output.splitlines() if line.startswith("Time: ")]
+    if not lines:
+        raise TrainingError("`cnnlab train` printed no `Time:` line")
+    parts = lines[-1].split(": ", 2)[-1].split(", ")
+    return {name: float(value) for name, value, _ in (part.rsplit(" ", 2) for part in parts)}
 
 
 @dataclass(frozen=True)

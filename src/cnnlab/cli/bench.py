@@ -232,7 +232,8 @@ def print_speedrun(r: SpeedrunReport) -> None:
         f"{r.test_accuracy_mean:.2%} ± {r.test_accuracy_std:.2%} (std), "
         f"median training time {r.training_seconds_median:.2f} s"
     )
-    print(f"Whole `cnnlab train --preset speedrun` process: {r.process_seconds:.1f} s")
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in r.process_phases.items())
+    print(f"Whole `cnnlab train --preset speedrun` process: {r.process_seconds:.1f} s ({phases})")
 
 
 def print_floors(r: Floors) -> None:

@@ -223,6 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.data.sources import explicit_location
     from cnnlab.distributed import threads_per_process, world_from_env
     from cnnlab.distributed_run import world_size_note
+    from cnnlab.phases import Phases, process_seconds
     from cnnlab.resume import resume_config, resume_run
     from cnnlab.run import default_run_dir, train_run
     from cnnlab.runtime import resume_settings
@@ -273,6 +274,8 @@ def run_train(args: argparse.Namespace) -> int:
         nonlocal saved
         saved = epoch
 
+    phases = Phases()
+    phases.add("start-up", process_seconds())  # the interpreter, imports, checks
     try:
         if resuming:
             data = explicit_location(data_dir)  # else the root the run recorded
@@ -283,6 +286,7 @@ def run_train(args: argparse.Namespace) -> int:
                 config.epochs,
                 progress=progress,
                 on_saved=on_saved,
+                phases=phases,
             )
         else:
             overwrite = "overwrite" in args
@@ -294,6 +298,7 @@ def run_train(args: argparse.Namespace) -> int:
                 overwrite,
                 progress=progress,
                 on_saved=on_saved,
+                phases=phases,
             )
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated)
         stopped = "Terminated." if isinstance(err, Terminated) else "Interrupted."
@@ -306,6 +311,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"Evaluate: {shell_command('cnnlab', 'eval', where)}")
     further = shell_command("cnnlab", "train", "--resume", where, "--epochs", config.epochs + 5)
     print(f"Train further: {further}")
+    print(f"Time: {phases.line(process_seconds())}")
     return 0
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
 
@@ -60,20 +61,34 @@ def loss_curve(metrics: list[dict], step_losses: torch.Tensor | None = None) -> 
 
 
 def filter_grid(weight: torch.Tensor, title: str, columns: int = 8) -> Figure:
-    """The tutorial's grid: one grey image per output filter of `weight` (out, 1, k, k).
+    """The tutorial's grid: one grey image per output filter of `weight` (out, 1, k, k), each
+    scaled to its own min..max as its own `imshow` would, numbered above.
 
     For multi-channel filters the channels are averaged; use `kernel_mosaic` to see them all.
+    The filters are tiles of one image on one axes, which draws in a fraction of the time of
+    one axes per filter.
     """
-    w = weight.detach().float().cpu().mean(dim=1)  # (out, k, k)
-    rows = -(-w.shape[0] // columns)
-    fig, axes = subplots(rows, columns, figsize=(10, 10 * rows / columns + 0.6), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i < w.shape[0]:
-            ax.imshow(w[i].numpy(), cmap="gray")
-            ax.set_title(str(i), fontsize=8)
-        ax.axis("off")
+    w = weight.detach().float().cpu().mean(dim=1)  # (out, kh, kw)
+    count, kh, kw = w.shape
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    low = w.amin(dim=(1, 2), keepdim=True)
+    span = w.amax(dim=(1, 2), keepdim=True) - low
+    scaled = torch.where(span > 0, (w - low) / span.clamp(min=1e-30), torch.full_like(w, 0.5))
+    gap_x, gap_y = max(kw // 3, 1), max(kh // 2, 1)  # white between tiles; room for numbers
+    cell_w, cell_h = kw + gap_x, kh + gap_y
+    mosaic = torch.full((rows * cell_h, columns * cell_w), float("nan"))
+    fig, ax = subplots(figsize=(10, (10 - 0.4) * rows * cell_h / (columns * cell_w) + 0.6))
+    for i in range(count):
+        top, left = (i // columns) * cell_h + gap_y, (i % columns) * cell_w
+        mosaic[top : top + kh, left : left + kw] = scaled[i]
+        ax.text(left + (kw - 1) / 2, top - 0.6, str(i), ha="center", va="bottom", fontsize=8)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(mosaic.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlim(-0.5, columns * cell_w - gap_x - 0.5)
+    ax.set_ylim(rows * cell_h - 0.5, -0.5)
+    ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
