@@ -25,6 +25,8 @@ def test_bytes_follow_the_tutorials_shapes():
     fc = layers["fc", "Linear"]
     assert fc.forward == b * p2 * f + wf + b * 10 * f
     assert layers["optimizer", "Adam"].backward == 7 * 50_378 * f
+    assert conv2.flops == 3 * 2 * (64 * 32 * 9) * (14 * 14) * b  # forward, input and weight grads
+    assert fc.flops == 3 * 2 * 3136 * 10 * b and layers["bn1", "BatchNorm2d"].flops == 0
     relus = [x for x in layer_bytes(create_model(ModelConfig("cnn")), b, f) if x.kind == "ReLU"]
     assert [r.forward for r in relus] == [2 * b * p1 * f, 2 * b * p2 * f]  # after pooling
 
@@ -46,3 +48,17 @@ def test_the_binding_floor_and_the_fraction():
     assert floors.binding == "memory" and floors.floor_ms == pytest.approx(20.0)
     assert floors.measured_ms == pytest.approx(20.0)  # 64 images at 3,200 images/s
     assert floors.fraction_of_floor == pytest.approx(1.0)
+
+
+def test_the_layered_floor_takes_each_layer_at_its_own_limit():
+    layers = (
+        LayerBytes("conv", "Conv2d", 50_000_000, 50_000_000, 2_000_000_000),  # 20 ms compute
+        LayerBytes("bn", "BatchNorm2d", 300_000_000, 200_000_000),  # 10 ms of memory
+    )
+    floors = Floors(64, "fp32", layers, 2_000_000_000, 100.0, 50.0, 1 << 20, 1600.0, 25.0)
+    assert floors.compute_ms == pytest.approx(20.0) and floors.memory_ms == pytest.approx(12.0)
+    assert floors.floor_ms == pytest.approx(20.0)  # the binding one alone
+    assert floors.layered_ms == pytest.approx(20.0 + 10.0)  # conv's 2 ms of memory hide
+    assert floors.fraction_of_layered_floor == pytest.approx(30.0 / 40.0)  # a 40 ms step
+    assert floors.memory_from_dram_ms == pytest.approx(600_000_000 / 25e9 * 1e3)
+    assert set(floors.to_json()) >= {"layered_ms", "memory_from_dram_ms"}

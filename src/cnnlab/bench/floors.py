@@ -17,6 +17,10 @@ and keeps int64 indices, which are not counted).
 
     >>> floors = step_floors(data_root, resolve_runtime(), steps=300, repeats=3)
     >>> floors.compute_ms, floors.memory_ms, floors.binding, floors.fraction_of_floor
+
+A third, tighter floor takes the layers one after another, each at its own binding limit
+(`Floors.layered_ms`), and the memory floor is also given at the bandwidth of a buffer far
+larger than the caches (`memory_from_dram_ms`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from cnnlab.runtime import Runtime
 from cnnlab.teach.summary import summarize
 
 FP32 = 4
+LARGE_BUFFER = 256 << 20  # bytes: copied from memory, whatever the caches hold
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class LayerBytes:
     kind: str
     forward: int
     backward: int
+    flops: int = 0  # forward and backward: 3x the forward's (conv and linear layers)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Floors:
     copy_gbytes_per_s: float  # measured: a copy of a buffer the size of conv1's output
     copy_buffer_bytes: int
     measured_images_per_second: float  # cnnlab's training loop at this batch, median of repeats
+    large_copy_gbytes_per_s: float = 0.0  # measured: a buffer far larger than the caches
 
     @property
     def bytes_per_step(self) -> int:
@@ -77,6 +84,31 @@ class Floors:
     @property
     def floor_ms(self) -> float:
         return max(self.compute_ms, self.memory_ms)
+
+    @property
+    def layered_ms(self) -> float:
+        """The layers one after another, each at its own binding limit: the sum over layers of
+        the larger of its compute and its memory time (a step in eager PyTorch runs its layers
+        in turn, so no layer's memory traffic hides behind another's arithmetic)."""
+        return (
+            sum(
+                max(
+                    layer.flops / (self.conv_gflops * 1e9),
+                    (layer.forward + layer.backward) / (self.copy_gbytes_per_s * 1e9),
+                )
+                for layer in self.layers
+            )
+            * 1e3
+        )
+
+    @property
+    def memory_from_dram_ms(self) -> float:
+        """The memory floor if every byte came from memory, none from the caches."""
+        return self.bytes_per_step / (self.large_copy_gbytes_per_s * 1e9) * 1e3
+
+    @property
+    def fraction_of_layered_floor(self) -> float:
+        return self.layered_ms / self.measured_ms
 
     @property
     def measured_ms(self) -> float:
@@ -101,6 +133,10 @@ class Floors:
             "binding": self.binding,
             "measured_ms": self.measured_ms,
             "fraction_of_floor": self.fraction_of_floor,
+            "layered_ms": self.layered_ms,
+            "fraction_of_layered_floor": self.fraction_of_layered_floor,
+            "large_copy_gbytes_per_s": self.large_copy_gbytes_per_s,
+            "memory_from_dram_ms": self.memory_from_dram_ms,
             "layers": [vars(layer) for layer in self.layers],
         }
 
@@ -116,7 +152,8 @@ def layer_bytes(model: torch.nn.Module, batch: int, element: int) -> tuple[Layer
         w = row.parameters * FP32
         if row.kind in ("Conv2d", "Linear"):
             backward = (y + x + w) + (0 if first_conv else y + w + x)
-            layers.append(LayerBytes(row.name, row.kind, x + w + y, backward))
+            flops = 3 * 2 * row.mult_adds  # the rows count the whole batch
+            layers.append(LayerBytes(row.name, row.kind, x + w + y, backward, flops))
             first_conv = False
         elif row.kind == "BatchNorm2d":
             layers.append(LayerBytes(row.name, row.kind, 2 * x + y + w, 2 * (y + x) + x + w))
@@ -163,7 +200,10 @@ def step_floors(
     gflops = conv_limit_gflops(runtime.precision, runtime.device, clock=clock)
     buffer = batch * 32 * 28 * 28 * element  # conv1's output: the largest activation
     bandwidth = copy_bandwidth(buffer, runtime.device, clock=clock)
+    large = copy_bandwidth(LARGE_BUFFER, runtime.device, repeats=5, iters=3, clock=clock)
     loop = cnnlab_loop(data_root, runtime, steps, TrainConfig(batch_size=batch), clock)
     loop()  # warm-up
     measured = statistics.median(loop() for _ in range(repeats))
-    return Floors(batch, runtime.precision, layers, flops, gflops, bandwidth, buffer, measured)
+    return Floors(
+        batch, runtime.precision, layers, flops, gflops, bandwidth, buffer, measured, large
+    )

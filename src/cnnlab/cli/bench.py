@@ -237,12 +237,20 @@ def print_speedrun(r: SpeedrunReport) -> None:
 
 
 def print_floors(r: Floors) -> None:
+    from cnnlab.bench.floors import LARGE_BUFFER
+
     print_table(
         [
-            [layer.name, layer.kind, f"{layer.forward / 1e6:.2f}", f"{layer.backward / 1e6:.2f}"]
+            [
+                layer.name,
+                layer.kind,
+                f"{layer.forward / 1e6:.2f}",
+                f"{layer.backward / 1e6:.2f}",
+                f"{layer.flops / 1e6:.1f}",
+            ]
             for layer in r.layers
         ],
-        ["layer", "kind", "forward MB", "backward MB"],
+        ["layer", "kind", "forward MB", "backward MB", "MFLOP (fwd+bwd)"],
     )
     print(
         f"Per step of batch {r.batch} ({r.precision}): {r.bytes_per_step / 1e6:.1f} MB moved, "
@@ -257,6 +265,12 @@ def print_floors(r: Floors) -> None:
         f"measured: {r.measured_ms:.2f} ms per step ({r.measured_images_per_second:,.0f} "
         f"images/s); the {r.binding} floor binds; the step runs at {r.fraction_of_floor:.0%} of "
         "it (see --profile for where the rest goes)"
+    )
+    print(
+        f"layer by layer (each layer at its own limit, one after another): {r.layered_ms:.2f} "
+        f"ms; the step runs at {r.fraction_of_layered_floor:.0%} of it. Memory floor with every "
+        f"byte from memory ({r.large_copy_gbytes_per_s:.1f} GB/s copying "
+        f"{LARGE_BUFFER >> 20} MiB): {r.memory_from_dram_ms:.2f} ms"
     )
 
 
