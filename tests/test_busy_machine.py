@@ -9,9 +9,13 @@ import time
 import pytest
 import torch
 
-from cnnlab import cpuload, runtime
+from cnnlab import cpuload, runtime, train
 from cnnlab.bench.busy import BusyRuns, competing_process
-from cnnlab.cpuload import busy_elsewhere, cpu_jiffies, free_cpus
+from cnnlab.cli.common import runtime_for
+from cnnlab.config import TrainConfig
+from cnnlab.cpuload import LoadFollower, busy_elsewhere, cpu_jiffies, free_cpus
+from cnnlab.run import load_splits
+from cnnlab.runtime import resolve_runtime
 
 STAT = """cpu  300 0 100 900 10 0 0 0 0 0
 cpu0 100 0 50 400 5 0 0 0 0 0
@@ -112,3 +116,93 @@ def test_kept_is_the_busy_median_over_the_quiet_median():
     runs = BusyRuns("x", (100.0, 300.0, 200.0), (50.0, 70.0, 60.0), (120.0, 100.0, 110.0))
     assert runs.kept(runs.busy_same_threads) == pytest.approx(0.3)
     assert runs.kept(runs.busy_free_threads) == pytest.approx(0.55)
+
+
+# --- following the load while training --------------------------------------------------------
+
+
+def cumulative_stats(seconds: list[tuple[int, int]]) -> list[str]:
+    """/proc/stat texts for CPUs 0 and 1, one per second: before, then after each second in
+    which (busy0, busy1) of its 100 ticks per CPU were busy (the rest idle)."""
+    busy, idle, texts = [0, 0], [0, 0], []
+    for second in [(0, 0), *seconds]:
+        for cpu in (0, 1):
+            busy[cpu] += second[cpu]
+            idle[cpu] += 100 - second[cpu] if texts else 0
+        texts.append("".join(f"cpu{c} {busy[c]} 0 0 {idle[c]} 0 0 0 0 0 0\n" for c in (0, 1)))
+    return texts
+
+
+def test_the_follower_takes_the_cpus_another_process_starts_and_leaves():
+    texts = iter(cumulative_stats([(0, 0), (100, 0), (100, 0), (0, 0)]))  # a competitor's CPU 0
+    clock = iter(range(100))
+    follower = LoadFollower(
+        2, 1.0, clock=lambda: float(next(clock)), read=lambda: next(texts), own_seconds=lambda: 0.0
+    )
+    follower.cpus = [0, 1]
+    assert follower.poll() is None  # quiet: 2 threads stay
+    assert follower.poll() == 1  # another process took a CPU
+    assert follower.describe().startswith("threads 1 of 2 CPUs (other processes keep")
+    assert follower.poll() is None  # still there: unchanged
+    assert follower.poll() == 2  # gone
+    assert follower.describe() == "threads 2 of 2 CPUs (free; --threads N fixes it)"
+
+
+def test_the_follower_reads_nothing_before_its_interval_and_survives_no_proc_stat():
+    reads = []
+    clock = iter([0.0, 0.3, 0.6, 1.2])
+    follower = LoadFollower(2, 1.0, clock=lambda: next(clock), read=lambda: reads.append(1) or None)
+    assert follower.poll() is None and follower.poll() is None and len(reads) == 1
+    assert follower.poll() is None and len(reads) == 2  # read, unreadable: no change
+
+
+@pytest.mark.skipif(len(cpuload.allowed_cpus()) < 2, reason="needs 2 CPUs")
+def test_the_follower_sees_a_real_competitor():
+    cpus = len(cpuload.allowed_cpus())
+    with competing_process():
+        follower = LoadFollower(cpus, interval=0.5)
+        time.sleep(0.7)  # this process idle, the competitor spinning
+        assert follower.poll() == cpus - 1
+
+
+def test_training_follows_the_load_and_says_so(monkeypatch, fake_root):
+    polls = []
+
+    class Follower:  # another process arrives at the 3rd step
+        cpus = [0, 1]
+
+        def __init__(self, threads):
+            self.threads = threads
+
+        def poll(self):
+            polls.append(1)
+            if len(polls) == 3:
+                self.threads = 1
+                return 1
+            return None
+
+        def describe(self):
+            return f"threads {self.threads}"
+
+    monkeypatch.setattr(train, "LoadFollower", Follower)
+    torch.set_num_threads(2)
+    splits = load_splits(TrainConfig(epochs=1, batch_size=100), fake_root)
+    said = []
+    runtime = resolve_runtime("cpu", "fp32", 2, follow_load=True)
+    train.fit(TrainConfig(epochs=1, batch_size=100), splits, runtime, log=said.append)
+    assert torch.get_num_threads() == 1 and len(polls) == 6  # every step polls
+    assert "Epoch 1, step 3: threads 1" in said
+    polls.clear()
+    train.fit(TrainConfig(epochs=1, batch_size=100), splits, resolve_runtime("cpu", "fp32", 2))
+    assert polls == []  # a given thread count is kept
+
+
+def test_commands_follow_the_load_unless_told_the_thread_count(monkeypatch):
+    monkeypatch.setattr(runtime, "free_cpus", lambda: (2, 2))
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert runtime_for("cpu", "fp32").follow_load
+    assert not runtime_for("cpu", "fp32", 2).follow_load
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert not runtime_for("cpu", "fp32").follow_load
+    assert runtime_for("cpu", "fp32", 1).to_json()["follow_load"] is False

@@ -9,6 +9,8 @@ to use takes the CPUs that are free when it starts.
 Linux only (/proc/stat); elsewhere every CPU counts as free.
 
     >>> free_cpus()   # 2 on a quiet 2-CPU machine, 1 beside `python3 -c 'while True: pass'`
+
+A process that starts later is followed by `LoadFollower`, which training polls every step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 WINDOW_SECONDS = 0.1
+FOLLOW_SECONDS = 1.0  # between readings while following the load
 PROC_STAT = "/proc/stat"
 
 
@@ -50,6 +53,20 @@ def allowed_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def others_busy(cpus: list[int], before: str, after: str, own_seconds: float) -> float | None:
+    """How many of `cpus` other processes kept busy between two readings of /proc/stat, this
+    process having used `own_seconds` of CPU time meanwhile (0.0 to len(cpus)); None when no
+    time passed between them."""
+    busy_before, total_before = cpu_jiffies(before, cpus)
+    busy_after, total_after = cpu_jiffies(after, cpus)
+    elapsed = total_after - total_before  # ticks of all the CPUs together
+    if elapsed <= 0:
+        return None
+    ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    others = max(0.0, busy_after - busy_before - own_seconds * ticks_per_second)
+    return len(cpus) * others / elapsed
+
+
 def busy_elsewhere(
     cpus: list[int],
     window: float = WINDOW_SECONDS,
@@ -66,15 +83,13 @@ def busy_elsewhere(
     after_text, own_after = read(), own_seconds()
     if after_text is None:
         return None
-    busy_before, total_before = cpu_jiffies(before_text, cpus)
-    busy_after, total_after = cpu_jiffies(after_text, cpus)
-    elapsed = total_after - total_before  # ticks of all the CPUs together
-    if elapsed <= 0:
-        return None
-    ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    own = (own_after - own_before) * ticks_per_second
-    others = max(0.0, busy_after - busy_before - own)
-    return len(cpus) * others / elapsed
+    return others_busy(cpus, before_text, after_text, own_after - own_before)
+
+
+def free_count(cpus: int, others: float) -> int:
+    """The CPUs left free when other processes keep `others` busy: at least 1; a CPU busy half
+    the time or more counts as busy."""
+    return max(1, cpus - int(others + 0.5))
 
 
 def free_cpus(busy: Callable[[list[int]], float | None] = busy_elsewhere) -> tuple[int, int]:
@@ -84,4 +99,47 @@ def free_cpus(busy: Callable[[list[int]], float | None] = busy_elsewhere) -> tup
     others = busy(cpus)
     if others is None:
         return len(cpus), len(cpus)
-    return max(1, len(cpus) - int(others + 0.5)), len(cpus)
+    return free_count(len(cpus), others), len(cpus)
+
+
+class LoadFollower:
+    """Follows other processes' load while a long loop runs, for a thread count that was not
+    given: `poll()`, cheap enough for every step, reads /proc/stat at most every `interval`
+    seconds and returns the CPUs left free over the time since its last reading (nothing
+    sleeps), or None while that count is unchanged or cannot be read.
+
+    A process that starts beside training would otherwise keep it at 2 threads on 2 CPUs,
+    where every parallel op waits for the thread the scheduler paused (`free_cpus`).
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        interval: float = FOLLOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[], str | None] = read_proc_stat,
+        own_seconds: Callable[[], float] = time.process_time,
+    ):
+        self.cpus = allowed_cpus()
+        self.threads = threads  # the count in use now
+        self.interval, self.clock, self.read, self.own_seconds = interval, clock, read, own_seconds
+        self.last = (clock(), read(), own_seconds())
+
+    def poll(self) -> int | None:
+        now = self.clock()
+        if now - self.last[0] < self.interval:
+            return None
+        text, own = self.read(), self.own_seconds()
+        (_, before, own_before), self.last = self.last, (now, text, own)
+        if text is None or before is None:
+            return None
+        others = others_busy(self.cpus, before, text, own - own_before)
+        if others is None or free_count(len(self.cpus), others) == self.threads:
+            return None
+        self.threads = free_count(len(self.cpus), others)
+        return self.threads
+
+    def describe(self) -> str:
+        """The thread count now, in words, for the log."""
+        why = "other processes keep the rest busy" if self.threads < len(self.cpus) else "free"
+        return f"threads {self.threads} of {len(self.cpus)} CPUs ({why}; --threads N fixes it)"

@@ -32,6 +32,7 @@ class Runtime:
     channels_last: bool
     threads: int  # per process
     world_size: int = 1  # data-parallel processes (cnnlab.distributed)
+    follow_load: bool = False  # training changes `threads` as other processes come and go
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +42,7 @@ class Runtime:
             "channels_last": self.channels_last,
             "threads": self.threads,
             "world_size": self.world_size,
+            "follow_load": self.follow_load,
         }
 
 
@@ -207,11 +209,17 @@ def runtime_differences(recorded_config: dict, runtime: Runtime) -> list[str]:
     return differences
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int | None = None):
+def resolve_runtime(
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    follow_load: bool = False,
+):
     """Device, precision, memory layout and thread count for training or predicting.
 
     Pure: it reads the machine and returns a `Runtime`; `configure_process` applies a thread
-    count. `threads` is recorded as given, else the process's current count.
+    count. `threads` is recorded as given, else the process's current count. `follow_load`
+    (on a CPU only) lets training change the count as other processes come and go.
     """
     dev = resolve_device(device)
     if threads is not None:
@@ -221,6 +229,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", threads: int 
         precision=resolve_precision(precision, dev),
         channels_last=dev.type in ("cpu", "cuda"),
         threads=threads if threads is not None else torch.get_num_threads(),
+        follow_load=follow_load and dev.type == "cpu",
     )
 
 

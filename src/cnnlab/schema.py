@@ -213,8 +213,9 @@ def check_runtime(runtime: dict, path: Path) -> None:
         need_int(runtime["world_size"], 1, MAX_PROCESSES, path, "runtime.world_size")
     if "run_id" in runtime:  # the torchrun job that created the run (cnnlab.distributed_run)
         need_text(runtime["run_id"], path, "runtime.run_id")
-    if "channels_last" in runtime:
-        need(isinstance(runtime["channels_last"], bool), path, "runtime.channels_last: true/false")
+    for key in ("channels_last", "follow_load"):
+        if key in runtime:
+            need(isinstance(runtime[key], bool), path, f"runtime.{key}: true/false")
     for key in ("device", "device_name"):
         if key in runtime:
             need_text(runtime[key], path, f"runtime.{key}")

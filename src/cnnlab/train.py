@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cnnlab.checkpoint import TrainingState
 from cnnlab.config import TrainConfig
+from cnnlab.cpuload import LoadFollower
 from cnnlab.data import DatasetSpec, get_dataset
 from cnnlab.data.loader import DeviceLoader, Shard
 from cnnlab.data.preprocess import to_model_input
@@ -117,8 +118,11 @@ def train_one_epoch(
     first_step: int = 0,
     total_steps: int | None = None,
     progress: bool = False,
+    follower: LoadFollower | None = None,
+    log: Callable[[str], None] = print,
 ) -> EpochResult:
-    """Train for one epoch (0-based `epoch`); raises `TrainingError` on a non-finite loss."""
+    """Train for one epoch (0-based `epoch`); raises `TrainingError` on a non-finite loss.
+    With `follower`, the thread count follows the CPUs other processes leave free."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -142,6 +146,9 @@ def train_one_epoch(
             model, optimizer, x, y, runtime.precision, config.label_smoothing, loader.mean_over(i)
         )
         correct += batch_correct
+        if follower is not None and (threads := follower.poll()) is not None:
+            torch.set_num_threads(threads)
+            log(f"Epoch {epoch + 1}, step {i + 1}: {follower.describe()}")
         if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == steps:
             check_finite(losses[checked : i + 1], epoch, checked)
             checked = i + 1
@@ -328,6 +335,7 @@ def fit(
         norm=norm, precision=runtime.precision, channels_last=runtime.channels_last
     )
     test_report = None
+    follower = LoadFollower(torch.get_num_threads()) if runtime.follow_load else None
     with out_of_memory_hint(runtime.device, config.batch_size):
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -341,6 +349,8 @@ def fit(
                 first_step=epoch * len(loader),
                 total_steps=total_steps,
                 progress=progress,
+                follower=follower,
+                log=log,
             )
             if parallel is not None:
                 result = parallel.end_epoch(model, result, len(data.train))

@@ -47,12 +47,14 @@ SETTLE_SECONDS = 0.3  # for the competitor to start spinning before a busy repea
 class BusyRuns:
     """One loop's images/s, repeat by repeat: alone; beside the competitor with the threads it
     had (the competitor started during the run); and beside it with the threads a command
-    started on the busy machine takes (`cnnlab.cpuload.free_cpus`)."""
+    started on the busy machine takes (`cnnlab.cpuload.free_cpus`); for training, also
+    starting with the threads it had and following the load as `cnnlab train` does."""
 
     name: str
     quiet: tuple[float, ...]
     busy_same_threads: tuple[float, ...]
     busy_free_threads: tuple[float, ...]
+    busy_following: tuple[float, ...] = ()  # training only: the threads it had, then following
 
     @property
     def quiet_rate(self) -> float:
@@ -73,7 +75,8 @@ class BusyRuns:
             "quiet": list(self.quiet),
             "busy_same_threads": list(self.busy_same_threads),
             "busy_free_threads": list(self.busy_free_threads),
-        }
+            "busy_following": list(self.busy_following),
+        } | ({"kept_following": self.kept(self.busy_following)} if self.busy_following else {})
 
 
 @dataclass(frozen=True)
@@ -134,24 +137,30 @@ def busy_bench(data_root: Path, runtime: Runtime, steps: int, repeats: int) -> B
     """Training (cnnlab's loop and the tutorial's), evaluation (batch 1,000) and prediction
     (one image per call), each measured alone and beside a competing process (with the thread
     count unchanged, then with the count `free_cpus` gives on the busy machine)."""
+    training = "cnnlab train (tutorial recipe)"
+    following = cnnlab_loop(data_root, runtime, steps, TrainConfig(), follow_load=True)
     loops = {
-        "cnnlab train (tutorial recipe)": cnnlab_loop(data_root, runtime, steps, TrainConfig()),
+        training: cnnlab_loop(data_root, runtime, steps, TrainConfig()),
         "tutorial loop": tutorial_loop(data_root, steps, runtime.device),
         "evaluation, batch 1,000": prediction_loop(runtime, 1000, 10_000),
         "prediction, 1 image per call": prediction_loop(runtime, 1, 500),
     }
     threads = torch.get_num_threads()
-    for run in loops.values():  # warm-up
+    for run in (*loops.values(), following):  # warm-up
         run()
     phases = ("quiet", "same", "free")
     rates: dict[str, dict[str, list[float]]] = {p: {name: [] for name in loops} for p in phases}
-    chosen = []
+    chosen, followed = [], []
     for _ in range(repeats):
         for name, run in loops.items():
             rates["quiet"][name].append(run())
         with competing_process():
             for name, run in loops.items():
                 rates["same"][name].append(run())
+            try:
+                followed.append(following())
+            finally:
+                torch.set_num_threads(threads)
             chosen.append(free_cpus()[0])
             torch.set_num_threads(chosen[-1])
             try:
@@ -159,6 +168,13 @@ def busy_bench(data_root: Path, runtime: Runtime, steps: int, repeats: int) -> B
                     rates["free"][name].append(run())
             finally:
                 torch.set_num_threads(threads)
-    runs = tuple(BusyRuns(name, *(tuple(rates[p][name]) for p in phases)) for name in loops)
+    runs = tuple(
+        BusyRuns(
+            name,
+            *(tuple(rates[p][name]) for p in phases),
+            tuple(followed) if name == training else (),
+        )
+        for name in loops
+    )
     settings = [f"{k}={os.environ[k]}" for k in OPENMP_WAIT if k in os.environ]
     return BusyReport(threads, tuple(chosen), ", ".join(settings) or "default", runs)

@@ -25,6 +25,7 @@ import torch
 from cnnlab.bench.timing import Clock, LoopRuns, timed
 from cnnlab.bench.tutorial import tutorial_loop
 from cnnlab.config import TrainConfig
+from cnnlab.cpuload import LoadFollower
 from cnnlab.data import get_dataset
 from cnnlab.data.loader import DeviceLoader
 from cnnlab.data.sources import load_dataset
@@ -89,8 +90,11 @@ def cnnlab_loop(
     steps: int,
     config: TrainConfig,
     clock: Clock = time.perf_counter,
+    follow_load: bool = False,
 ) -> Callable[[], float]:
-    """A function that runs `train_one_epoch` over `steps` batches and returns images/s."""
+    """A function that runs `train_one_epoch` over `steps` batches and returns images/s; with
+    `follow_load`, each run starts at the current thread count and follows the machine's load
+    as training does (`cnnlab.cpuload.LoadFollower`)."""
     spec = get_dataset(config.dataset)
     train, _ = load_dataset(spec, data_root)
     split = train.subset(slice(0, steps * config.batch_size)).to(runtime.device)
@@ -101,8 +105,11 @@ def cnnlab_loop(
     epoch = [0]
 
     def run() -> float:
+        follower = LoadFollower(torch.get_num_threads()) if follow_load else None
         _, seconds = timed(
-            lambda: train_one_epoch(model, optimizer, loader, epoch[0], config, runtime),
+            lambda: train_one_epoch(
+                model, optimizer, loader, epoch[0], config, runtime, follower=follower, log=quiet
+            ),
             runtime.device,
             clock,
         )
@@ -110,6 +117,10 @@ def cnnlab_loop(
         return len(split) / seconds
 
     return run
+
+
+def quiet(line: str) -> None:
+    """A log that says nothing (a benchmark's training loop)."""
 
 
 @dataclass(frozen=True)

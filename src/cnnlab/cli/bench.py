@@ -283,10 +283,17 @@ def print_busy(r: BusyReport) -> None:
                 f"{loop.quiet_rate:,.0f}",
                 f"{loop.kept(loop.busy_same_threads):.0%}",
                 f"{loop.kept(loop.busy_free_threads):.0%}",
+                f"{loop.kept(loop.busy_following):.0%}" if loop.busy_following else "-",
             ]
             for loop in r.loops
         ],
-        ["loop", "alone, images/s", f"busy, {r.threads} threads", f"busy, {free} (free CPUs)"],
+        [
+            "loop",
+            "alone, images/s",
+            f"busy, {r.threads} threads",
+            f"busy, {free} (free CPUs)",
+            f"busy, {r.threads} then following",
+        ],
     )
     print(
         "(busy: the share of its images/s alone a loop keeps beside one CPU-bound process; "

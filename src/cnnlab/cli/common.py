@@ -196,8 +196,10 @@ def save_figure_to(fig, out: Path | None, run_dir: Path | None, default_name: st
 
 
 def runtime_for(device: str, precision: str, threads: int | None = None):
-    """The command's `Runtime`, after the process-wide settings are applied (once, here)."""
+    """The command's `Runtime`, after the process-wide settings are applied (once, here). A
+    thread count neither given nor set by OMP_NUM_THREADS follows the machine's load."""
     from cnnlab.runtime import configure_process, resolve_runtime
 
+    chosen_here = threads is None and "OMP_NUM_THREADS" not in os.environ
     threads = configure_process(threads, log=lambda line: print(line, file=sys.stderr))
-    return resolve_runtime(device, precision, threads)
+    return resolve_runtime(device, precision, threads, follow_load=chosen_here)
