@@ -105,8 +105,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threads",
         type=positive_int,
-        help="CPU threads, at most the number of CPUs (default: PyTorch's choice; on --resume, "
-        "the run's)",
+        help="CPU threads, at most the number of CPUs, kept for the whole run (default: the "
+        "CPUs other processes leave free, followed while training; on --resume, the run's)",
     )
     p.add_argument(
         "--out", type=path_arg, help="run folder (default: runs/<date-time>-<model>-<dataset>)"
