@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from cnnlab.bench.timing import images_per_second, taking_turns
 from cnnlab.config import TrainConfig
 from cnnlab.data.preprocess import to_model_input
 from cnnlab.runtime import resolve_runtime
@@ -81,19 +81,12 @@ def main() -> None:
     paths = {"PyTorch's convolution_backward": plain, "weight gradient as a GEMM": gemm}
     optimizers = {k: make_optimizer(config, m.parameters()) for k, m in paths.items()}
 
-    def images_per_second(name: str, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            train_step(paths[name], optimizers[name], x, y, "fp32")
-        return 64 * steps / (time.perf_counter() - start)
+    def run(name: str):
+        step = lambda: train_step(paths[name], optimizers[name], x, y, "fp32")  # noqa: E731
+        return lambda: images_per_second(step, args.steps, 64, time.perf_counter)
 
-    rates: dict[str, list[float]] = {name: [] for name in paths}
-    for name in rates:  # warm-up
-        images_per_second(name, 10)
-    for _ in range(args.repeats):
-        for name in rates:
-            rates[name].append(images_per_second(name, args.steps))
-    base, other = (statistics.median(rates[k]) for k in paths)
+    rates = taking_turns({name: run(name) for name in paths}, args.repeats)
+    base, other = (rates[k] for k in paths)
     print(f"PyTorch's convolution_backward: {base:,.0f} images/s")
     print(f"weight gradient as a GEMM:      {other:,.0f} images/s  ({other / base - 1:+.0%})")
 

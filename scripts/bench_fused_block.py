@@ -7,23 +7,27 @@ quarter (channels with a negative `a` pool `-c`); backward uses that the pool pa
 to one position in four, so batch norm's sums run over the quarter and the full-size input
 gradient is one scatter plus one pass `k1 * c + k0`. Fewer passes over memory, equal to
 PyTorch's modules up to rounding (printed below), and yet slower than PyTorch's own kernels in
-the training step (BENCHMARKS.md): the step alternates the two paths in one process.
+cnnlab's training loop on MNIST (BENCHMARKS.md), the two paths taking turns in one process.
 
-    python scripts/bench_fused_block.py --repeats 15 --steps 50
+    python scripts/bench_fused_block.py --data-dir ../shared/data --repeats 5 --steps 200
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnlab.bench.throughput import cnnlab_loop
+from cnnlab.bench.timing import taking_turns
+from cnnlab.config import TrainConfig
 from cnnlab.models import ModelConfig, create_model
+from cnnlab.runtime import resolve_runtime
+from cnnlab.train import build_model
 
 aten = torch.ops.aten
 POOL = ([2, 2], [2, 2])  # kernel, stride
@@ -101,45 +105,48 @@ def fused_forward(model, x: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--data-dir", type=Path, required=True, help="holds MNIST/raw/")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model(ModelConfig("cnn")).to(memory_format=torch.channels_last)
     model.pool_before_relu = True  # training's path, the one to beat
-    x = torch.rand(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,))
-    paths = {"PyTorch's modules (pool before ReLU)": model, "fused block": copy.deepcopy(model)}
-    fused = paths["fused block"]
+    fused = copy.deepcopy(model)
     fused.forward = lambda images: fused_forward(fused, images)
-    for path in paths.values():
+    x, y = (
+        torch.rand(64, 1, 28, 28).contiguous(memory_format=torch.channels_last),
+        torch.arange(64) % 10,
+    )
+    for path in (model, fused):
         F.cross_entropy(path(x), y).backward()
     for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        if float(p.grad.norm()) < 1e-6:  # a bias before batch norm: zero up to rounding
+        if name.startswith("conv") and name.endswith("bias"):  # before batch norm: zero
             print(f"gradient of {name}: {float(p.grad.norm()):.0e} and {float(q.grad.norm()):.0e}")
             continue
         error = float((p.grad - q.grad).norm() / p.grad.norm())
         print(f"gradient of {name}: relative difference {error:.1e}")
-    optimizers = {k: torch.optim.Adam(m.parameters(), 1e-3, fused=True) for k, m in paths.items()}
 
-    def images_per_second(name: str, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            loss = F.cross_entropy(paths[name](x), y)
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-        return 64 * steps / (time.perf_counter() - start)
+    def fused_model(config, runtime):
+        built = build_model(config, runtime)
+        built.forward = lambda images: fused_forward(built, images)
+        return built
 
-    rates: dict[str, list[float]] = {name: [] for name in paths}
-    for name in rates:  # warm-up
-        images_per_second(name, 10)
-    for _ in range(args.repeats):
-        for name in rates:
-            rates[name].append(images_per_second(name, args.steps))
-    base, fast = (statistics.median(rates[k]) for k in paths)
-    print(f"PyTorch's modules (pool before ReLU): {base:,.0f} images/s")
-    print(f"fused block:                          {fast:,.0f} images/s  ({fast / base - 1:+.0%})")
+    runtime, config = resolve_runtime("cpu", "fp32"), TrainConfig()
+    loops = {
+        "PyTorch's modules (pool before ReLU)": cnnlab_loop(
+            args.data_dir, runtime, args.steps, config
+        ),
+        "fused block": cnnlab_loop(
+            args.data_dir, runtime, args.steps, config, make_model=fused_model
+        ),
+    }
+    rates = taking_turns(loops, args.repeats)
+    base, fast = rates.values()
+    print(f"training loop on MNIST, PyTorch's modules: {base:,.0f} images/s")
+    print(
+        f"training loop on MNIST, fused block:       {fast:,.0f} images/s  ({fast / base - 1:+.0%})"
+    )
 
 
 if __name__ == "__main__":

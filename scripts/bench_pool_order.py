@@ -8,13 +8,13 @@ images, the two orders alternating in one process, medians over repeats.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
+from cnnlab.bench.timing import images_per_second, taking_turns
 from cnnlab.models import ModelConfig, create_model
+from cnnlab.train import train_step
 
 
 def main() -> None:
@@ -28,24 +28,16 @@ def main() -> None:
     x = torch.rand(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (64,))
 
-    def images_per_second(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return 64 * steps / (time.perf_counter() - start)
-
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    for pool_first in rates:  # warm-up
-        model.pool_before_relu = pool_first
-        images_per_second(10)
-    for _ in range(args.repeats):
-        for pool_first in rates:
+    def run(pool_first: bool):
+        def steps() -> float:
             model.pool_before_relu = pool_first
-            rates[pool_first].append(images_per_second(args.steps))
-    tutorial, fast = (statistics.median(rates[k]) for k in (False, True))
+            step = lambda: train_step(model, optimizer, x, y, "fp32")  # noqa: E731
+            return images_per_second(step, args.steps, 64, time.perf_counter)
+
+        return steps
+
+    rates = taking_turns({order: run(order) for order in (False, True)}, args.repeats)
+    tutorial, fast = rates[False], rates[True]
     print(f"ReLU then pool (the tutorial): {tutorial:,.0f} images/s")
     print(f"pool then ReLU (training):     {fast:,.0f} images/s  ({fast / tutorial - 1:+.0%})")
 

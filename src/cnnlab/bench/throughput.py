@@ -91,14 +91,16 @@ def cnnlab_loop(
     config: TrainConfig,
     clock: Clock = time.perf_counter,
     follow_load: bool = False,
+    make_model: Callable = build_model,
 ) -> Callable[[], float]:
     """A function that runs `train_one_epoch` over `steps` batches and returns images/s; with
     `follow_load`, each run starts at the current thread count and follows the machine's load
-    as training does (`cnnlab.cpuload.LoadFollower`)."""
+    as training does (`cnnlab.cpuload.LoadFollower`). `make_model(config, runtime)` builds the
+    model (an execution path under test)."""
     spec = get_dataset(config.dataset)
     train, _ = load_dataset(spec, data_root)
     split = train.subset(slice(0, steps * config.batch_size)).to(runtime.device)
-    model = build_model(config, runtime)
+    model = make_model(config, runtime)
     optimizer = make_optimizer(config, model.parameters())
     norm = spec.normalization(config.normalize)
     loader = DeviceLoader(split, config.batch_size, True, config.seed, norm, runtime.channels_last)

@@ -40,3 +40,23 @@ class LoopRuns:
     @property
     def images_per_second(self) -> float:
         return statistics.median(self.runs)
+
+
+def taking_turns(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Each run's median result over `repeats` rounds in which the runs take turns, after one
+    untimed call each: drift in the machine's speed hits every run alike."""
+    for run in runs.values():
+        run()
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            results[name].append(run())
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def images_per_second(step: Callable[[], object], steps: int, batch: int, clock: Clock) -> float:
+    """`batch * steps` over the seconds `steps` calls of `step` take (on the CPU: no sync)."""
+    start = clock()
+    for _ in range(steps):
+        step()
+    return batch * steps / (clock() - start)
