@@ -34,63 +34,55 @@ def tensors(seed: int = 0) -> dict:
     return t
 
 
+def block_forward(t: dict, n: str, x: torch.Tensor, record) -> tuple:
+    """conv{n}, bn{n}, pool, ReLU forward; returns what their backward needs and the output."""
+    c = record(f"conv{n} forward", lambda: aten.convolution(x, t["w" + n], t["b" + n], *CONV))
+    b, mean, invstd = record(
+        f"bn{n} forward",
+        lambda: aten.native_batch_norm(
+            c, t["g" + n], t["be" + n], t["rm" + n], t["rv" + n], True, 0.1, 1e-5
+        ),
+    )
+    p, indices = record(f"pool{n} forward", lambda: aten.max_pool2d_with_indices(b, *POOL))
+    r = record(f"relu{n} forward", lambda: aten.relu(p))
+    return (x, c, mean, invstd, b, indices, r), r
+
+
+def block_backward(t: dict, n: str, saved: tuple, grad: torch.Tensor, record, first: bool):
+    """The same block's backward, from the gradient at its output to the one at its input."""
+    x, c, mean, invstd, b, indices, r = saved  # each lambda keeps its own inputs (re-timed alone)
+    g_relu = record(f"relu{n} backward", lambda: aten.threshold_backward(grad, r, 0))
+    g_pool = record(
+        f"pool{n} backward",
+        lambda: aten.max_pool2d_with_indices_backward(
+            g_relu, b, *POOL, [0, 0], [1, 1], False, indices
+        ),
+    )
+    g_bn = record(
+        f"bn{n} backward",
+        lambda: aten.native_batch_norm_backward(
+            g_pool, c, t["g" + n], t["rm" + n], t["rv" + n], mean, invstd, True, 1e-5, [True] * 3
+        ),
+    )[0]
+    mask = [not first, True, True]  # no gradient for the images
+    channels = [t["w" + n].shape[0]]
+    return record(
+        f"conv{n} backward",
+        lambda: aten.convolution_backward(g_bn, x, t["w" + n], channels, *CONV, mask),
+    )[0]
+
+
 def step(t: dict, record) -> None:
     """One training step's operators (forward, loss, backward) through `record(name, fn)`."""
-    c1 = record("conv1 forward", lambda: aten.convolution(t["x"], t["w1"], t["b1"], *CONV))
-    b1, m1, s1 = record(
-        "bn1 forward",
-        lambda: aten.native_batch_norm(c1, t["g1"], t["be1"], t["rm1"], t["rv1"], True, 0.1, 1e-5),
-    )
-    p1, i1 = record("pool1 forward", lambda: aten.max_pool2d_with_indices(b1, *POOL))
-    r1 = record("relu1 forward", lambda: aten.relu(p1))
-    c2 = record("conv2 forward", lambda: aten.convolution(r1, t["w2"], t["b2"], *CONV))
-    b2, m2, s2 = record(
-        "bn2 forward",
-        lambda: aten.native_batch_norm(c2, t["g2"], t["be2"], t["rm2"], t["rv2"], True, 0.1, 1e-5),
-    )
-    p2, i2 = record("pool2 forward", lambda: aten.max_pool2d_with_indices(b2, *POOL))
-    r2 = record("relu2 forward", lambda: aten.relu(p2))
+    saved1, r1 = block_forward(t, "1", t["x"], record)
+    saved2, r2 = block_forward(t, "2", r1, record)
     flat = r2.reshape(64, -1)
     logits = record("fc forward", lambda: flat @ t["fw"].t())
     grad_logits = torch.softmax(logits, 1) / 64
     grad_flat = record("fc backward", lambda: (grad_logits @ t["fw"], grad_logits.t() @ flat))[0]
     grad_r2 = grad_flat.view(64, 64, 7, 7).contiguous(memory_format=CL)
-    grad_p2 = record("relu2 backward", lambda: aten.threshold_backward(grad_r2, r2, 0))
-    grad_b2 = record(
-        "pool2 backward",
-        lambda: aten.max_pool2d_with_indices_backward(
-            grad_p2, b2, *POOL, [0, 0], [1, 1], False, i2
-        ),
-    )
-    grad_c2 = record(
-        "bn2 backward",
-        lambda: aten.native_batch_norm_backward(
-            grad_b2, c2, t["g2"], t["rm2"], t["rv2"], m2, s2, True, 1e-5, [True, True, True]
-        ),
-    )[0]
-    grad_r1 = record(
-        "conv2 backward",
-        lambda: aten.convolution_backward(grad_c2, r1, t["w2"], [64], *CONV, [True, True, True]),
-    )[0]
-    grad_p1 = record("relu1 backward", lambda: aten.threshold_backward(grad_r1, r1, 0))
-    grad_b1 = record(
-        "pool1 backward",
-        lambda: aten.max_pool2d_with_indices_backward(
-            grad_p1, b1, *POOL, [0, 0], [1, 1], False, i1
-        ),
-    )
-    grad_c1 = record(
-        "bn1 backward",
-        lambda: aten.native_batch_norm_backward(
-            grad_b1, c1, t["g1"], t["rm1"], t["rv1"], m1, s1, True, 1e-5, [True, True, True]
-        ),
-    )[0]
-    record(
-        "conv1 backward",
-        lambda: aten.convolution_backward(
-            grad_c1, t["x"], t["w1"], [32], *CONV, [False, True, True]
-        ),
-    )
+    grad_r1 = block_backward(t, "2", saved2, grad_r2, record, first=False)
+    block_backward(t, "1", saved1, grad_r1, record, first=True)
 
 
 def main() -> None:
