@@ -3,6 +3,7 @@ benchmark's competing process."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -14,7 +15,9 @@ from cnnlab.bench.busy import BusyRuns, competing_process
 from cnnlab.cli.common import runtime_for
 from cnnlab.config import TrainConfig
 from cnnlab.cpuload import LoadFollower, busy_elsewhere, cpu_jiffies, free_cpus
-from cnnlab.run import load_splits
+from cnnlab.resume import resume_run
+from cnnlab.run import train_run
+from cnnlab.runfiles import read_metrics
 from cnnlab.runtime import resolve_runtime
 
 STAT = """cpu  300 0 100 900 10 0 0 0 0 0
@@ -133,25 +136,52 @@ def cumulative_stats(seconds: list[tuple[int, int]]) -> list[str]:
     return texts
 
 
-def test_the_follower_takes_the_cpus_another_process_starts_and_leaves():
-    texts = iter(cumulative_stats([(0, 0), (100, 0), (100, 0), (0, 0)]))  # a competitor's CPU 0
-    clock = iter(range(100))
+def follower_over(seconds: list[tuple[int, int]], threads: int = 2, ceiling: int = 2):
+    """A LoadFollower on CPUs 0 and 1 reading one second of `seconds` per poll."""
+    texts, clock = iter(cumulative_stats(seconds)), iter(range(100))
     follower = LoadFollower(
-        2, 1.0, clock=lambda: float(next(clock)), read=lambda: next(texts), own_seconds=lambda: 0.0
+        threads,
+        ceiling,
+        1.0,
+        clock=lambda: float(next(clock)),
+        read=lambda: next(texts),
+        own_seconds=lambda: 0.0,
     )
     follower.cpus = [0, 1]
+    return follower
+
+
+def test_the_follower_takes_the_cpus_another_process_starts_and_leaves():
+    follower = follower_over([(0, 0), (100, 0), (100, 0), (0, 0)])  # a competitor on CPU 0
     assert follower.poll() is None  # quiet: 2 threads stay
     assert follower.poll() == 1  # another process took a CPU
     assert follower.describe().startswith("threads 1 of 2 CPUs (other processes keep")
     assert follower.poll() is None  # still there: unchanged
     assert follower.poll() == 2  # gone
     assert follower.describe() == "threads 2 of 2 CPUs (free; --threads N fixes it)"
+    assert follower.changes == 2
+
+
+def test_a_half_busy_cpu_does_not_make_the_count_flip():
+    half = [(50, 0)] * 4  # another process keeps half a CPU busy
+    for threads in (1, 2):
+        follower = follower_over(half, threads)
+        assert [follower.poll() for _ in half] == [None] * 4 and follower.changes == 0
+
+
+def test_the_follower_never_goes_above_pytorchs_own_count():
+    follower = follower_over([(0, 0), (0, 0)], threads=1, ceiling=1)  # e.g. 1 core, 2 CPUs
+    assert follower.poll() is None and follower.poll() is None
+    follower = follower_over([(100, 0), (0, 0)], threads=1, ceiling=2)
+    assert follower.poll() is None and follower.poll() == 2
 
 
 def test_the_follower_reads_nothing_before_its_interval_and_survives_no_proc_stat():
     reads = []
     clock = iter([0.0, 0.3, 0.6, 1.2])
-    follower = LoadFollower(2, 1.0, clock=lambda: next(clock), read=lambda: reads.append(1) or None)
+    follower = LoadFollower(
+        2, 2, 1.0, clock=lambda: next(clock), read=lambda: reads.append(1) or None
+    )
     assert follower.poll() is None and follower.poll() is None and len(reads) == 1
     assert follower.poll() is None and len(reads) == 2  # read, unreadable: no change
 
@@ -160,49 +190,61 @@ def test_the_follower_reads_nothing_before_its_interval_and_survives_no_proc_sta
 def test_the_follower_sees_a_real_competitor():
     cpus = len(cpuload.allowed_cpus())
     with competing_process():
-        follower = LoadFollower(cpus, interval=0.5)
+        follower = LoadFollower(cpus, cpus, interval=0.5)
         time.sleep(0.7)  # this process idle, the competitor spinning
         assert follower.poll() == cpus - 1
 
 
-def test_training_follows_the_load_and_says_so(monkeypatch, fake_root):
+@pytest.mark.skipif(len(cpuload.allowed_cpus()) < 2, reason="needs 2 CPUs")
+def test_training_follows_the_load_records_it_and_a_resume_says_so(
+    monkeypatch, fake_root, tmp_path, no_run_figures
+):
     polls = []
 
     class Follower:  # another process arrives at the 3rd step
         cpus = [0, 1]
 
-        def __init__(self, threads):
-            self.threads = threads
+        def __init__(self, threads, ceiling):
+            self.threads, self.ceiling, self.changes = threads, ceiling, 0
 
         def poll(self):
             polls.append(1)
             if len(polls) == 3:
-                self.threads = 1
+                self.threads, self.changes = 1, self.changes + 1
                 return 1
             return None
 
         def describe(self):
-            return f"threads {self.threads}"
+            return f"threads {self.threads} of 2"
 
     monkeypatch.setattr(train, "LoadFollower", Follower)
     torch.set_num_threads(2)
-    splits = load_splits(TrainConfig(epochs=1, batch_size=100), fake_root)
+    config = TrainConfig(epochs=1, batch_size=100)
     said = []
-    runtime = resolve_runtime("cpu", "fp32", 2, follow_load=True)
-    train.fit(TrainConfig(epochs=1, batch_size=100), splits, runtime, log=said.append)
+    run = tmp_path / "run"
+    following = resolve_runtime("cpu", "fp32", 2, follow_load=2)
+    train_run(config, following, fake_root, run, log=said.append)
     assert torch.get_num_threads() == 1 and len(polls) == 6  # every step polls
-    assert "Epoch 1, step 3: threads 1" in said
+    assert "Epoch 1, step 3: threads 1 of 2" in said
+    (record,) = read_metrics(run)
+    assert record["threads"] == 1 and record["thread_changes"] == 1
+    assert json.loads((run / "config.json").read_text())["runtime"]["follow_load"] == 2
     polls.clear()
-    train.fit(TrainConfig(epochs=1, batch_size=100), splits, resolve_runtime("cpu", "fp32", 2))
+    said.clear()
+    resume_run(run, resolve_runtime("cpu", "fp32", 2), epochs=2, log=said.append)
     assert polls == []  # a given thread count is kept
+    (note,) = [line for line in said if line.startswith("Note:")]
+    assert "the thread count followed the load in epoch 1" in note
+    assert "thread_changes" not in read_metrics(run)[1]
 
 
-def test_commands_follow_the_load_unless_told_the_thread_count(monkeypatch):
+def test_only_training_follows_the_load_and_only_unless_told_the_count(monkeypatch):
     monkeypatch.setattr(runtime, "free_cpus", lambda: (2, 2))
     monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert runtime_for("cpu", "fp32").follow_load
-    assert not runtime_for("cpu", "fp32", 2).follow_load
+    torch.set_num_threads(2)
+    assert runtime_for("cpu", "fp32", follow_load=True).follow_load == 2  # PyTorch's count
+    assert runtime_for("cpu", "fp32").follow_load == 0  # bench, compare: measured as set
+    assert runtime_for("cpu", "fp32", 2, follow_load=True).follow_load == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert not runtime_for("cpu", "fp32").follow_load
-    assert runtime_for("cpu", "fp32", 1).to_json()["follow_load"] is False
+    assert runtime_for("cpu", "fp32", follow_load=True).to_json()["follow_load"] == 0

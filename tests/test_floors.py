@@ -17,6 +17,7 @@ def test_bytes_follow_the_tutorials_shapes():
     conv1 = layers["conv1", "Conv2d"]
     assert conv1.forward == b * image * f + w1 + b * a1 * f
     assert conv1.backward == b * a1 * f + b * image * f + w1  # no input gradient for the image
+    assert conv1.flops == 2 * 2 * (32 * 9) * (28 * 28) * b  # forward and weight gradient only
     conv2 = layers["conv2", "Conv2d"]
     assert conv2.backward == 2 * (b * a2 * f + b * p1 * f + w2)
     bn2 = layers["bn2", "BatchNorm2d"]
@@ -41,10 +42,10 @@ def test_bf16_halves_the_activations_not_the_weights():
 
 def test_the_binding_floor_and_the_fraction():
     layers = (LayerBytes("a", "Conv2d", 600_000_000, 400_000_000),)  # 1 GB a step
-    floors = Floors(64, "fp32", layers, 2_000_000_000, 100.0, 50.0, 1 << 20, 3200.0)
+    floors = Floors(64, "fp32", layers, 2_000_000_000, 100.0, 50.0, 1 << 20, 3200.0, 25.0)
     assert floors.compute_ms == pytest.approx(20.0)  # 2 GFLOP at 100 GFLOP/s
     assert floors.memory_ms == pytest.approx(20.0 * 1.0)  # 1 GB at 50 GB/s
-    floors = Floors(64, "fp32", layers, 1_000_000_000, 100.0, 50.0, 1 << 20, 3200.0)
+    floors = Floors(64, "fp32", layers, 1_000_000_000, 100.0, 50.0, 1 << 20, 3200.0, 25.0)
     assert floors.binding == "memory" and floors.floor_ms == pytest.approx(20.0)
     assert floors.measured_ms == pytest.approx(20.0)  # 64 images at 3,200 images/s
     assert floors.fraction_of_floor == pytest.approx(1.0)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 WINDOW_SECONDS = 0.1
 FOLLOW_SECONDS = 1.0  # between readings while following the load
+FOLLOW_MARGIN = 0.1  # CPUs of load past the half-CPU boundary before the count moves
 PROC_STAT = "/proc/stat"
 
 
@@ -105,16 +106,19 @@ def free_cpus(busy: Callable[[list[int]], float | None] = busy_elsewhere) -> tup
 class LoadFollower:
     """Follows other processes' load while a long loop runs, for a thread count that was not
     given: `poll()`, cheap enough for every step, reads /proc/stat at most every `interval`
-    seconds and returns the CPUs left free over the time since its last reading (nothing
-    sleeps), or None while that count is unchanged or cannot be read.
+    seconds and returns the thread count the CPUs left free allow (1 to `ceiling`) over the
+    time since its last reading (nothing sleeps), or None while the count stays as it is.
 
     A process that starts beside training would otherwise keep it at 2 threads on 2 CPUs,
-    where every parallel op waits for the thread the scheduler paused (`free_cpus`).
+    where every parallel op waits for the thread the scheduler paused (`free_cpus`). The count
+    moves only when the load is a margin past the half-CPU boundary, so a competitor that keeps
+    about half a CPU busy does not make it change every second.
     """
 
     def __init__(
         self,
         threads: int,
+        ceiling: int,
         interval: float = FOLLOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         read: Callable[[], str | None] = read_proc_stat,
@@ -122,6 +126,8 @@ class LoadFollower:
     ):
         self.cpus = allowed_cpus()
         self.threads = threads  # the count in use now
+        self.ceiling = max(ceiling, 1)  # PyTorch's count on a quiet machine
+        self.changes = 0  # since the caller last reset it
         self.interval, self.clock, self.read, self.own_seconds = interval, clock, read, own_seconds
         self.last = (clock(), read(), own_seconds())
 
@@ -134,12 +140,20 @@ class LoadFollower:
         if text is None or before is None:
             return None
         others = others_busy(self.cpus, before, text, own - own_before)
-        if others is None or free_count(len(self.cpus), others) == self.threads:
+        if others is None:
             return None
-        self.threads = free_count(len(self.cpus), others)
+        fewer = min(free_count(len(self.cpus), others - FOLLOW_MARGIN), self.ceiling)
+        more = min(free_count(len(self.cpus), others + FOLLOW_MARGIN), self.ceiling)
+        if fewer < self.threads:
+            self.threads = fewer
+        elif more > self.threads:
+            self.threads = more
+        else:
+            return None
+        self.changes += 1
         return self.threads
 
     def describe(self) -> str:
         """The thread count now, in words, for the log."""
-        why = "other processes keep the rest busy" if self.threads < len(self.cpus) else "free"
+        why = "other processes keep the rest busy" if self.threads < self.ceiling else "free"
         return f"threads {self.threads} of {len(self.cpus)} CPUs ({why}; --threads N fixes it)"

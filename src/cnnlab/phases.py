@@ -7,7 +7,8 @@
     '12.5 s in all: training 9.4 s, other 3.1 s'
 
 `process_seconds()` is the time since this process started (the interpreter's own start-up
-included, where /proc says when that was).
+included, where /proc says when that was; elsewhere since the command line was imported, which
+imports this module first).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Phases:
 
 def process_seconds() -> float:
     """Seconds since this process started: from the kernel's start time where /proc has it
-    (Linux), else since `cnnlab` was first imported."""
+    (Linux), else since this module was imported (`cnnlab.cli` imports it first)."""
     try:
         with open("/proc/self/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()

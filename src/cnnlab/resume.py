@@ -114,6 +114,9 @@ def start_resume(run_dir, recorded, config, state, runtime, location, splits, lo
     on = f" on {runtime.world_size} processes" if runtime.world_size > 1 else ""
     log(f"Resuming after epoch {state.epochs_done} of {config.epochs}{on}")
     differences = runtime_differences(recorded, runtime)
+    followed = [str(m["epoch"]) for m in state.metrics if m.get("thread_changes")]
+    if followed:
+        differences.append(f"the thread count followed the load in epoch {', '.join(followed)}")
     if differences:
         log(
             f"Note: {'; '.join(differences)}: the result will not be bit-identical to an "

@@ -32,7 +32,7 @@ class Runtime:
     channels_last: bool
     threads: int  # per process
     world_size: int = 1  # data-parallel processes (cnnlab.distributed)
-    follow_load: bool = False  # training changes `threads` as other processes come and go
+    follow_load: int = 0  # N: training moves `threads` (up to N) as other processes come and go
 
     def to_json(self) -> dict:
         return {
@@ -213,13 +213,13 @@ def resolve_runtime(
     device: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
-    follow_load: bool = False,
+    follow_load: int = 0,
 ):
     """Device, precision, memory layout and thread count for training or predicting.
 
     Pure: it reads the machine and returns a `Runtime`; `configure_process` applies a thread
-    count. `threads` is recorded as given, else the process's current count. `follow_load`
-    (on a CPU only) lets training change the count as other processes come and go.
+    count. `threads` is recorded as given, else the process's current count. `follow_load=N`
+    (on a CPU only) lets training move the count, up to N, as other processes come and go.
     """
     dev = resolve_device(device)
     if threads is not None:
@@ -229,7 +229,7 @@ def resolve_runtime(
         precision=resolve_precision(precision, dev),
         channels_last=dev.type in ("cpu", "cuda"),
         threads=threads if threads is not None else torch.get_num_threads(),
-        follow_load=follow_load and dev.type == "cpu",
+        follow_load=follow_load if dev.type == "cpu" else 0,
     )
 
 

@@ -213,9 +213,10 @@ def check_runtime(runtime: dict, path: Path) -> None:
         need_int(runtime["world_size"], 1, MAX_PROCESSES, path, "runtime.world_size")
     if "run_id" in runtime:  # the torchrun job that created the run (cnnlab.distributed_run)
         need_text(runtime["run_id"], path, "runtime.run_id")
-    for key in ("channels_last", "follow_load"):
-        if key in runtime:
-            need(isinstance(runtime[key], bool), path, f"runtime.{key}: true/false")
+    if "channels_last" in runtime:
+        need(isinstance(runtime["channels_last"], bool), path, "runtime.channels_last: true/false")
+    if "follow_load" in runtime:  # 0, or the most threads training followed the load up to
+        need_int(runtime["follow_load"], 0, MAX_THREADS, path, "runtime.follow_load")
     for key in ("device", "device_name"):
         if key in runtime:
             need_text(runtime[key], path, f"runtime.{key}")
@@ -334,6 +335,9 @@ def check_metrics(metrics, epochs_done: int, path: Path) -> None:
             value = record.get(key, 0)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             need(ok, path, f"metric {key} of epoch {number} must be a number, got {short(value)}")
+        for key in ("threads", "thread_changes"):  # the count at its end; changes following load
+            if key in record:
+                need_int(record[key], 0, MAX_THREADS, path, f"metric {key} of epoch {number}")
 
 
 IMPLEMENTATION_KEYS = {"foreach", "fused", "capturable", "differentiable"}  # how, not what

@@ -148,7 +148,8 @@ def train_one_epoch(
         correct += batch_correct
         if follower is not None and (threads := follower.poll()) is not None:
             torch.set_num_threads(threads)
-            log(f"Epoch {epoch + 1}, step {i + 1}: {follower.describe()}")
+            with bar.external_write_mode():  # a line above the progress bar, not through it
+                log(f"Epoch {epoch + 1}, step {i + 1}: {follower.describe()}")
         if (i + 1) % FINITE_CHECK_EVERY == 0 or i + 1 == steps:
             check_finite(losses[checked : i + 1], epoch, checked)
             checked = i + 1
@@ -284,6 +285,7 @@ def epoch_record(epoch: int, result: EpochResult, lr: float, seconds: float, ima
         "lr": lr,
         "seconds": seconds,
         "images_per_second": images / seconds,
+        "threads": torch.get_num_threads(),  # at the epoch's end
     }
 
 
@@ -335,7 +337,9 @@ def fit(
         norm=norm, precision=runtime.precision, channels_last=runtime.channels_last
     )
     test_report = None
-    follower = LoadFollower(torch.get_num_threads()) if runtime.follow_load else None
+    follower = (
+        LoadFollower(torch.get_num_threads(), runtime.follow_load) if runtime.follow_load else None
+    )
     with out_of_memory_hint(runtime.device, config.batch_size):
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
@@ -359,6 +363,8 @@ def fit(
             history.append(result.step_losses)
             lr = optimizer.param_groups[0]["lr"]
             record = epoch_record(epoch, result, lr, seconds, len(data.train))
+            if follower is not None and follower.changes:  # these epochs cannot be repeated
+                record["thread_changes"], follower.changes = follower.changes, 0
             with phases("evaluation"):
                 if data.val is not None:
                     val_report = score(model, data.val, settings)

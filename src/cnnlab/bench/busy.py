@@ -148,6 +148,7 @@ def busy_bench(data_root: Path, runtime: Runtime, steps: int, repeats: int) -> B
     threads = torch.get_num_threads()
     for run in (*loops.values(), following):  # warm-up
         run()
+    torch.set_num_threads(threads)  # following may have moved it
     phases = ("quiet", "same", "free")
     rates: dict[str, dict[str, list[float]]] = {p: {name: [] for name in loops} for p in phases}
     chosen, followed = [], []

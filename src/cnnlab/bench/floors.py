@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.bench.throughput import cnnlab_loop, conv_limit_gflops, forward_flops_per_image
+from cnnlab.bench.throughput import cnnlab_loop, conv_limit_gflops
 from cnnlab.bench.timing import Clock, timed
 from cnnlab.config import TrainConfig
 from cnnlab.models import ModelConfig, create_model
@@ -50,7 +50,7 @@ class LayerBytes:
     kind: str
     forward: int
     backward: int
-    flops: int = 0  # forward and backward: 3x the forward's (conv and linear layers)
+    flops: int = 0  # forward and backward: 3x the forward (2x for conv1: no input gradient)
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,12 @@ class Floors:
     batch: int
     precision: str
     layers: tuple[LayerBytes, ...]
-    train_flops: int  # per step: 3x the forward's
+    train_flops: int  # per step: the layers' forward and backward
     conv_gflops: float  # measured: conv2's shape, channels_last
     copy_gbytes_per_s: float  # measured: a copy of a buffer the size of conv1's output
     copy_buffer_bytes: int
     measured_images_per_second: float  # cnnlab's training loop at this batch, median of repeats
-    large_copy_gbytes_per_s: float = 0.0  # measured: a buffer far larger than the caches
+    large_copy_gbytes_per_s: float  # measured: a buffer far larger than the caches
 
     @property
     def bytes_per_step(self) -> int:
@@ -152,7 +152,8 @@ def layer_bytes(model: torch.nn.Module, batch: int, element: int) -> tuple[Layer
         w = row.parameters * FP32
         if row.kind in ("Conv2d", "Linear"):
             backward = (y + x + w) + (0 if first_conv else y + w + x)
-            flops = 3 * 2 * row.mult_adds  # the rows count the whole batch
+            passes = 2 if first_conv else 3  # forward, weight gradient, input gradient
+            flops = passes * 2 * row.mult_adds  # the rows count the whole batch
             layers.append(LayerBytes(row.name, row.kind, x + w + y, backward, flops))
             first_conv = False
         elif row.kind == "BatchNorm2d":
@@ -196,7 +197,7 @@ def step_floors(
     model = create_model(ModelConfig("cnn")).to(runtime.device)
     element = 2 if runtime.precision == "bf16" else FP32
     layers = layer_bytes(model, batch, element)
-    flops = 3 * forward_flops_per_image(model, (1, 28, 28)) * batch
+    flops = sum(layer.flops for layer in layers)
     gflops = conv_limit_gflops(runtime.precision, runtime.device, clock=clock)
     buffer = batch * 32 * 28 * 28 * element  # conv1's output: the largest activation
     bandwidth = copy_bandwidth(buffer, runtime.device, clock=clock)

@@ -105,9 +105,10 @@ def cnnlab_loop(
     norm = spec.normalization(config.normalize)
     loader = DeviceLoader(split, config.batch_size, True, config.seed, norm, runtime.channels_last)
     epoch = [0]
+    ceiling = torch.get_num_threads()
 
     def run() -> float:
-        follower = LoadFollower(torch.get_num_threads()) if follow_load else None
+        follower = LoadFollower(torch.get_num_threads(), ceiling) if follow_load else None
         _, seconds = timed(
             lambda: train_one_epoch(
                 model, optimizer, loader, epoch[0], config, runtime, follower=follower, log=quiet

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 import threading
 from typing import NoReturn
 
-from cnnlab import __version__
+from cnnlab import __version__, phases  # noqa: F401  (phases: the fallback start time)
 from cnnlab.cli import bench, catalog, compare, figures, predict, runs, serve, teach, training
 from cnnlab.cli.common import Terminated
 from cnnlab.errors import CnnlabError
@@ -89,6 +90,8 @@ def run() -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # what C libraries buffered
+        ctypes.CDLL(None).fflush(None)
     os._exit(code)
 
 

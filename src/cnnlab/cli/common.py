@@ -195,11 +195,16 @@ def save_figure_to(fig, out: Path | None, run_dir: Path | None, default_name: st
         raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def runtime_for(device: str, precision: str, threads: int | None = None):
-    """The command's `Runtime`, after the process-wide settings are applied (once, here). A
-    thread count neither given nor set by OMP_NUM_THREADS follows the machine's load."""
+def runtime_for(device: str, precision: str, threads: int | None = None, follow_load: bool = False):
+    """The command's `Runtime`, after the process-wide settings are applied (once, here). With
+    `follow_load` (training), a thread count neither given nor set by OMP_NUM_THREADS follows
+    the machine's load, up to PyTorch's own count."""
+    import torch
+
     from cnnlab.runtime import configure_process, resolve_runtime
 
+    ceiling = torch.get_num_threads()  # before configure_process takes busy CPUs away
     chosen_here = threads is None and "OMP_NUM_THREADS" not in os.environ
     threads = configure_process(threads, log=lambda line: print(line, file=sys.stderr))
-    return resolve_runtime(device, precision, threads, follow_load=chosen_here)
+    follow = ceiling if follow_load and chosen_here else 0
+    return resolve_runtime(device, precision, threads, follow_load=follow)

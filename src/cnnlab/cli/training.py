@@ -260,7 +260,7 @@ def run_train(args: argparse.Namespace) -> int:
         precision = config.precision
     if "nproc" in args:
         return torchrun.launch(args, config, run_dir)
-    runtime = runtime_for(device, precision, threads)
+    runtime = runtime_for(device, precision, threads, follow_load=True)
     if world is not None:
         data = explicit_location(data_dir) if resuming else new_run_data(config, data_dir)
         from cnnlab.cli.torchrun_worker import run_worker
