@@ -231,7 +231,7 @@ def test_training_follows_the_load_records_it_and_a_resume_says_so(
     assert json.loads((run / "config.json").read_text())["runtime"]["follow_load"] == 2
     polls.clear()
     said.clear()
-    resume_run(run, resolve_runtime("cpu", "fp32", 2), epochs=2, log=said.append)
+    resume_run(run, resolve_runtime("cpu", "fp32", 2), fake_root, epochs=2, log=said.append)
     assert polls == []  # a given thread count is kept
     (note,) = [line for line in said if line.startswith("Note:")]
     assert "the thread count followed the load in epoch 1" in note
