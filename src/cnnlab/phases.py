@@ -45,6 +45,13 @@ class Phases:
         return f"{total:.1f} s in all: " + ", ".join(parts + [f"other {max(other, 0.0):.1f} s"])
 
 
+def parse_line(line: str) -> dict[str, float]:
+    """The phases of a `Phases.line` (`12.5 s in all: training 9.4 s, other 3.1 s`), with
+    anything before it (`Time: `); `other` included."""
+    parts = line.split(" in all: ", 1)[1].split(", ")
+    return {name: float(value) for name, value, _ in (part.rsplit(" ", 2) for part in parts)}
+
+
 def process_seconds() -> float:
     """Seconds since this process started: from the kernel's start time where /proc has it
     (Linux), else since this module was imported (`cnnlab.cli` imports it first)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from cnnlab.bench.tutorial import tutorial_training
 from cnnlab.config import TrainConfig, preset_config
 from cnnlab.errors import TrainingError
+from cnnlab.phases import parse_line
 from cnnlab.run import load_splits
 from cnnlab.runtime import Runtime
 from cnnlab.stats import mean_std
@@ -94,8 +95,7 @@ def time_line_phases(output: str) -> dict[str, float]:
     lines = [line for line in output.splitlines() if line.startswith("Time: ")]
     if not lines:
         raise TrainingError("`cnnlab train` printed no `Time:` line")
-    parts = lines[-1].split(": ", 2)[-1].split(", ")
-    return {name: float(value) for name, value, _ in (part.rsplit(" ", 2) for part in parts)}
+    return parse_line(lines[-1])
 
 
 @dataclass(frozen=True)
